@@ -1,0 +1,21 @@
+"""Test session setup shared by every test module.
+
+Fixture modules live in tests/fixtures/; they are loaded here, at the root,
+because pytest only accepts ``pytest_plugins`` in the top-level conftest.
+"""
+
+import os
+import tempfile
+
+# Keep test runs away from the user's own Prefect database and results, and
+# keep the engine-only tests fast: Prefect tests opt in to the Prefect recorder.
+_session_home = tempfile.mkdtemp(prefix="nepi-prefect-tests-")
+os.environ.setdefault("PREFECT_HOME", os.path.join(_session_home, "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("NEPI_PREFECT_RESULTS", os.path.join(_session_home, "results"))
+os.environ.setdefault("NEPI_PREFECT_RECORDER", "none")
+
+pytest_plugins = [
+    name for name in ("tests.fixtures.sshd", "tests.fixtures.prefect_api")
+    if os.path.exists(os.path.join(os.path.dirname(__file__), *name.split(".")) + ".py")
+]

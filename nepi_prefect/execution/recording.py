@@ -1,0 +1,114 @@
+"""What the engine tells a recorder about an experiment run.
+
+The engine describes each RM action (deploy, start, stop, release) as an
+:class:`ActionRun` and reports every change of it to a :class:`Recorder`.
+The Prefect bridge (``nepi_prefect.orchestration``) is the default recorder:
+an experiment is a flow run, an action run is a task run. The engine itself
+imports nothing of Prefect; it finds the default recorder by name.
+
+Recorder calls come from dispatcher threads and must not block: a recorder
+queues what it is told and ships it in the background. Only :meth:`Recorder.close`
+may block, until the record is complete.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nepi_prefect.execution.ec import ExperimentController
+
+
+class RunState(str, enum.Enum):
+    """Where an action run stands. Mirrors Prefect's state types."""
+
+    PENDING = "PENDING"      # planned, waiting on its conditions or group barrier
+    SCHEDULED = "SCHEDULED"  # conditions hold; runs at ``scheduled_for``
+    RUNNING = "RUNNING"      # the RM is working towards the target state
+    COMPLETED = "COMPLETED"  # the RM reached the target state
+    FAILED = "FAILED"        # the RM FAILED
+    CANCELLED = "CANCELLED"  # never ran: the RM failed or was released first
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+
+
+@dataclass(eq=False)
+class ActionRun:
+    """One action of one RM, as a unit the recorder can show (a task run)."""
+
+    kind: str                 # "deploy" | "start" | "stop" | "release"
+    guid: int
+    rtype: str
+    upstream: list["ActionRun"] = field(default_factory=list)
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    state: RunState = RunState.PENDING
+    created_at: datetime = field(default_factory=datetime.now)
+    scheduled_for: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    message: str = ""
+    #: "condition" or "barrier" for each upstream run, by upstream id
+    edge_kinds: dict[uuid.UUID, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.rtype}-{self.guid}"
+
+    def __repr__(self) -> str:
+        return f"ActionRun({self.name}, {self.state.value})"
+
+
+class Recorder:
+    """Receives the life of an experiment run. The base class records nothing."""
+
+    #: log records below this level are not passed to :meth:`log`
+    log_level: int = logging.INFO
+
+    def open(self, ec: "ExperimentController") -> None:
+        """The experiment run begins (the EC was created)."""
+
+    def action_changed(self, run: ActionRun) -> None:
+        """``run`` was created or changed state; read ``run.state``."""
+
+    def log(self, run: ActionRun | None, level: int, message: str) -> None:
+        """An RM (``run`` is its current action) or the EC (``run`` is None) logged."""
+
+    def close(self, ec: "ExperimentController", summary: dict[str, Any]) -> None:
+        """The experiment run ended (shutdown). Block until the record is complete."""
+
+    def abandon(self, ec: "ExperimentController", reason: str) -> None:
+        """The process is exiting without ``shutdown()``; close the record as well as possible."""
+
+
+#: NEPI_PREFECT_RECORDER selects the default: "prefect" (default) or "none"
+#: (the engine alone, for the engine's own tests and benchmarks), or a
+#: "module:Class" of a third-party recorder.
+RECORDER_ENV = "NEPI_PREFECT_RECORDER"
+_DEFAULTS = {"prefect": "nepi_prefect.orchestration.recorder:PrefectRecorder"}
+_lock = threading.Lock()
+
+
+def default_recorder() -> Recorder:
+    """A new instance of the configured default recorder."""
+    choice = os.environ.get(RECORDER_ENV, "prefect").strip() or "prefect"
+    if choice.lower() == "none":
+        return Recorder()
+    target = _DEFAULTS.get(choice.lower(), choice)
+    module_name, _, class_name = target.partition(":")
+    if not class_name:
+        raise ValueError(
+            f"{RECORDER_ENV}={choice!r}: expected 'prefect', 'none' or 'module:Class'"
+        )
+    with _lock:
+        module = importlib.import_module(module_name)
+    return getattr(module, class_name)()
