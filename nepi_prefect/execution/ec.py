@@ -909,7 +909,7 @@ class ExperimentController:
                      for s in _STAMP}
             resources.append({
                 "guid": guid, "rtype": rm.get_rtype(), "state": self.outcome(rm),
-                "times": times, "traces": dict(getattr(rm, "collected", {}) or {}),
+                "times": times, "traces": dict(rm.collected), "metrics": rm.get_metrics(),
             })
         return {"exp_id": self._exp_id, "run_id": self._run_id,
                 "state": "FAILED" if self._failure else "COMPLETED",

@@ -221,6 +221,8 @@ class ResourceManager:
         self._releasing = False
         #: local paths of traces collected for this RM, by trace name (set by a Collector)
         self.collected: dict[str, str] = {}
+        #: measured figures (e.g. ping's rtt_avg_ms), filled by measurement RMs
+        self._metrics: dict[str, float] = {}
         self._rm_state = ResourceState.NEW
         self._discover_time: datetime | None = None
         self._provision_time: datetime | None = None
@@ -353,6 +355,10 @@ class ResourceManager:
         if only_set:
             return dict(self._values)
         return {name: self._values.get(name, a.default) for name, a in self._attributes.items()}
+
+    def get_metrics(self) -> dict[str, float]:
+        """Figures this RM measured (empty unless a measurement RM filled them)."""
+        return dict(self._metrics)
 
     # -- traces ----------------------------------------------------------------
     def get_trace(self, name: str) -> Trace:
