@@ -1,0 +1,53 @@
+"""Engine-only speed: N trivial RMs from deploy to FINISHED and released (no SSH, no Prefect).
+
+Targets (issue 2): 1000 RMs in under 2 s of wall time; 10,000 RMs with peak
+memory under 1 GiB. Run: ``python benchmarks/bench_engine.py [N ...]``.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+
+from nepi_prefect.execution.ec import ExperimentController
+from nepi_prefect.execution.recording import Recorder
+from nepi_prefect.execution.resource import ResourceFactory, ResourceManager, clsinit_copy
+
+
+@clsinit_copy
+class BenchTrivial(ResourceManager):
+    """Finishes as soon as it starts."""
+
+    _rtype = "BenchTrivial"
+
+    def do_start(self):
+        super().do_start()
+        self.set_finished()
+
+
+def run(count: int) -> tuple[float, float]:
+    """Seconds from deploy to all RELEASED, and seconds to FINISHED."""
+    ec = ExperimentController(exp_id=f"bench-engine-{count}", recorder=Recorder(),
+                              local_dir=tempfile.mkdtemp(prefix="nepi-bench-"))
+    guids = [ec.register_resource("BenchTrivial") for _ in range(count)]
+    started = time.perf_counter()
+    ec.deploy()
+    ec.wait_finished(guids)
+    finished = time.perf_counter() - started
+    ec.shutdown()
+    return time.perf_counter() - started, finished
+
+
+def main(counts: list[int]) -> None:
+    ResourceFactory.register_type(BenchTrivial)
+    for count in counts:
+        total, finished = run(count)
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"engine  {count:>6} RMs  deploy->FINISHED {finished:6.2f} s  "
+              f"deploy->RELEASED {total:6.2f} s  peak RSS {peak_mib:7.1f} MiB")
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [1000, 10000])
