@@ -48,7 +48,7 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.execution.scheduler import Task, TaskStatus, TimedDispatcher
 from nepi_prefect.execution.trace import TraceAttr
-from nepi_prefect.util.timefuncs import stabsformat, tnow, tsformat
+from nepi_prefect.util.timefuncs import parse_delay, stabsformat, tnow, tsformat
 
 log = logging.getLogger("nepi_prefect.ec")
 
@@ -338,7 +338,7 @@ class ExperimentController:
         if time is None:
             return 0.0
         try:
-            return (stabsformat(time, datetime(2000, 1, 1)) - datetime(2000, 1, 1)).total_seconds()
+            return parse_delay(time)
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
 
