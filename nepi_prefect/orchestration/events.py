@@ -1,0 +1,169 @@
+"""From engine action runs to Prefect task-run events and log records.
+
+Prefect's client-side task engine records a task run by emitting one
+``prefect.task-run.<State>`` event per state change; the server's task-run
+recorder turns those into task runs and states. We emit the very same events,
+built as plain dicts (no pydantic on the hot path) with the payload of
+``prefect.utilities.engine.emit_task_run_state_change_event`` and the
+``flow-run`` related resource that Prefect's events worker would take from
+the run context.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from nepi_prefect.execution.recording import ActionRun, RunState
+
+#: RunState -> (Prefect state type, Prefect state name)
+STATES: dict[RunState, tuple[str, str]] = {
+    RunState.PENDING: ("PENDING", "Pending"),
+    RunState.SCHEDULED: ("SCHEDULED", "Scheduled"),
+    RunState.RUNNING: ("RUNNING", "Running"),
+    RunState.COMPLETED: ("COMPLETED", "Completed"),
+    RunState.FAILED: ("FAILED", "Failed"),
+    RunState.CANCELLED: ("CANCELLED", "Cancelled"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """An :class:`ActionRun` as it was when the engine reported it."""
+
+    id: uuid.UUID
+    name: str
+    kind: str
+    rtype: str
+    state: RunState
+    upstream: tuple[uuid.UUID, ...]
+    created_at: datetime
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    message: str
+    at: datetime            # when the engine reported it (UTC)
+
+    @classmethod
+    def of(cls, run: ActionRun) -> "Snapshot":
+        return cls(run.id, run.name, run.kind, run.rtype, run.state,
+                   tuple(up.id for up in run.upstream), run.created_at, run.scheduled_for,
+                   run.started_at, run.ended_at, run.message, datetime.now(timezone.utc))
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """The engine stamps naive local times; Prefect wants aware UTC ones."""
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else utc(moment).isoformat()
+
+
+class TaskRunEvents:
+    """Builds the state-change events of the task runs of one flow run."""
+
+    def __init__(self, flow_run_id: uuid.UUID, flow_id: uuid.UUID | None, tags: list[str]):
+        self.tags = sorted(tags)
+        self.related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+                         "prefect.resource.role": "flow-run"}]
+        if flow_id is not None:
+            self.related.append({"prefect.resource.id": f"prefect.flow.{flow_id}",
+                                 "prefect.resource.role": "flow"})
+        self.related += [{"prefect.resource.id": f"prefect.tag.{tag}",
+                          "prefect.resource.role": "tag"} for tag in self.tags]
+        #: last (state type, state name, message, details, timestamp) per task run
+        self._last: dict[uuid.UUID, tuple[str, str, str, dict[str, Any], datetime]] = {}
+
+    def event(self, snap: Snapshot) -> dict[str, Any]:
+        """The ``prefect.task-run.<State>`` event for this change of ``snap``."""
+        state_type, state_name = STATES[snap.state]
+        when = self._timestamp(snap)
+        details: dict[str, Any] = {}
+        if snap.state == RunState.SCHEDULED and snap.scheduled_for is not None:
+            details["scheduled_time"] = iso(snap.scheduled_for)
+        previous = self._last.get(snap.id)
+        self._last[snap.id] = (state_type, state_name, snap.message, details, when)
+        message = snap.message if snap.state.is_final else ""
+        return {
+            "id": str(uuid.uuid4()),
+            "occurred": when.isoformat(),
+            "event": f"prefect.task-run.{state_name}",
+            "resource": {
+                "prefect.resource.id": f"prefect.task-run.{snap.id}",
+                "prefect.resource.name": snap.name,
+                "prefect.run-count": "1" if snap.started_at else "0",
+                "prefect.state-message": message,
+                "prefect.state-name": state_name,
+                "prefect.state-timestamp": when.isoformat(),
+                "prefect.state-type": state_type,
+                "prefect.orchestration": "client",
+            },
+            "related": self.related,
+            "payload": {
+                "intended": {"from": previous[0] if previous else None, "to": state_type},
+                "initial_state": _state_payload(*previous[:4]) if previous else None,
+                "validated_state": {**_state_payload(state_type, state_name, message, details),
+                                    "data": None},
+                "task_run": self._task_run(snap),
+            },
+        }
+
+    def _timestamp(self, snap: Snapshot) -> datetime:
+        """The state's time: the engine's own stamp where it has one, kept increasing
+        per task run so the server (which keeps the newest state) never goes back."""
+        stamp = {RunState.PENDING: snap.created_at, RunState.RUNNING: snap.started_at}.get(
+            snap.state, snap.ended_at if snap.state.is_final else None)
+        when = utc(stamp) or snap.at
+        previous = self._last.get(snap.id)
+        if previous is not None and when <= previous[4]:
+            when = previous[4] + _TICK
+        return when
+
+    def _task_run(self, snap: Snapshot) -> dict[str, Any]:
+        task_run: dict[str, Any] = {
+            "name": snap.name,
+            "task_key": f"nepi-{snap.kind}-{snap.rtype}",
+            # the server upserts task runs by (flow run, task_key, dynamic_key)
+            "dynamic_key": str(snap.id),
+            "empirical_policy": {"max_retries": 0, "retry_delay_seconds": 0.0},
+            "tags": self.tags,
+            "labels": {},
+            "task_inputs": {"wait_for": [{"input_type": "task_run", "id": str(up)}
+                                         for up in snap.upstream]} if snap.upstream else {},
+            "run_count": 1 if snap.started_at else 0,
+            "flow_run_run_count": 1,
+            "expected_start_time": iso(snap.scheduled_for or snap.created_at),
+            "total_run_time": 0.0,
+        }
+        if snap.scheduled_for is not None:
+            task_run["next_scheduled_start_time"] = iso(snap.scheduled_for)
+        if snap.started_at is not None:
+            task_run["start_time"] = iso(snap.started_at)
+            end = snap.ended_at or snap.at
+            task_run["total_run_time"] = max(0.0, (utc(end) - utc(snap.started_at)).total_seconds())
+        if snap.ended_at is not None and snap.state.is_final:
+            task_run["end_time"] = iso(snap.ended_at)
+        return task_run
+
+
+_TICK = timedelta(microseconds=1)
+
+
+def _state_payload(state_type: str, name: str, message: str,
+                   details: dict[str, Any]) -> dict[str, Any]:
+    return {"type": state_type, "name": name, "message": message, "state_details": details}
+
+
+def log_record(flow_run_id: uuid.UUID, task_run_id: uuid.UUID | None, logger: str,
+               level: int, message: str, at: datetime) -> dict[str, Any]:
+    """A Prefect log record (``LogCreate``) as JSON."""
+    record = {"name": logger, "level": level, "message": message,
+              "timestamp": at.isoformat(), "flow_run_id": str(flow_run_id)}
+    if task_run_id is not None:
+        record["task_run_id"] = str(task_run_id)
+    return record
