@@ -1,0 +1,350 @@
+"""LinuxApplication: a command run on a LinuxNode, detached from the SSH session.
+
+Deploy prepares the app_home (packages, sources, code, build, install: done
+once per node for the same inputs) and the run_home. Start writes two files
+in run_home, ``command`` (the user's command) and ``wrapper.sh``, and launches
+the wrapper with ``setsid nohup``: it runs in its own session (so stop kills
+the whole process group), survives a dropped connection, and writes the exit
+code to ``exitcode``. The node's monitor notices the file and calls
+:meth:`LinuxApplication._process_exited`.
+
+Subclasses override :meth:`build_command` and :meth:`on_finished`, and may
+give ``depends`` a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+from typing import Any
+
+from nepi_prefect.execution.attribute import Attribute, Flags, Types
+from nepi_prefect.execution.resource import (
+    ResourceManager,
+    ResourceState,
+    clsinit_copy,
+)
+from nepi_prefect.execution.trace import Trace, TraceAttr
+from nepi_prefect.resources.linux.node import LinuxNode
+
+#: how often an app checks whether its node is READY
+NODE_WAIT = "0.1s"
+_URL = re.compile(r"^(https?|ftp)://", re.I)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DEPLOY_TRACES = ("deploy_stdout", "deploy_stderr", "deploy_exitcode")
+
+
+class ApplicationError(RuntimeError):
+    """The application could not be deployed or run."""
+
+
+@clsinit_copy
+class LinuxApplication(ResourceManager):
+    """A command run on a Linux host."""
+
+    _rtype = "LinuxApplication"
+    _help = "Runs a command on a LinuxNode, detached from the SSH session; traces its output."
+    _platform = "linux"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        D, S = Flags.Design, Types.String
+        for name, help_ in (
+            ("command", "Shell command to run (${RUN_HOME}, ${APP_HOME}, ${NODE_HOME} and "
+                        "${EXP_HOME} are substituted)"),
+            ("env", "Environment: space-separated NAME=value pairs"),
+            ("depends", "Packages to install with the host's package manager (space-separated)"),
+            ("sources", "Local paths or URLs (space-separated), put in ${APP_HOME}"),
+            ("files", "Local paths (space-separated), uploaded to ${RUN_HOME}"),
+            ("code", "Text stored as the file ${APP_HOME}/code"),
+            ("build", "Shell commands run in ${APP_HOME} at deploy (once per node)"),
+            ("install", "Shell commands run in ${APP_HOME} at deploy, after build"),
+            ("stdin", "A local file, or text, given to the process as standard input"),
+            ("tearDown", "Shell command run in ${RUN_HOME} at release"),
+        ):
+            cls._register_attribute(Attribute(name, help_, type=S, flags=D))
+        cls._register_attribute(Attribute(
+            "sudo", "Run the command (and package installs) with sudo", type=Types.Bool,
+            default=False, flags=D))
+
+    @classmethod
+    def _register_traces(cls) -> None:
+        for name, help_ in (
+            ("stdout", "Standard output of the command"),
+            ("stderr", "Standard error of the command"),
+            ("exitcode", "Exit code of the command"),
+            ("pid", "Process id (and process group) of the command"),
+            ("deploy_stdout", "Output of build and install"),
+            ("deploy_stderr", "Errors of build and install"),
+            ("deploy_exitcode", "Exit code of build and install"),
+        ):
+            cls._register_trace(Trace(name, help_))
+
+    def __init__(self, ec, guid):
+        super().__init__(ec, guid)
+        self._run_home: str | None = None
+        self._app_home: str | None = None
+        self._pid: int | None = None
+        self._final_stdout: str | None = None
+        #: why the app failed, for users and tests
+        self.failure: str | None = None
+
+    # -- neighbours and places -----------------------------------------------------
+    @property
+    def node(self) -> LinuxNode | None:
+        nodes = self.get_connected(LinuxNode)
+        return nodes[0] if nodes else None
+
+    @property
+    def run_home(self) -> str | None:
+        return self._run_home
+
+    @property
+    def app_home(self) -> str | None:
+        return self._app_home
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def release_after(self) -> list[int]:
+        """Connected collectors release (and pull traces) before the app cleans up."""
+        return [rm.guid for rm in self.get_connected() if "Collector" in type(rm)._rtype_chain()]
+
+    def build_command(self) -> str | None:
+        """The shell command to run; subclasses build theirs from attributes."""
+        return self.get("command")
+
+    def on_finished(self, exitcode: int | None, stdout: str) -> None:
+        """Called when the process ends, before the state moves (parse results here)."""
+
+    def replace_paths(self, text: str | None) -> str | None:
+        """Substitute ${RUN_HOME}, ${APP_HOME}, ${NODE_HOME} and ${EXP_HOME} in ``text``."""
+        if not text:
+            return text
+        node = self.node
+        for key, value in (("RUN_HOME", self._run_home), ("APP_HOME", self._app_home),
+                           ("NODE_HOME", node.node_home), ("EXP_HOME", node.exp_home)):
+            if value is not None:
+                text = text.replace("${%s}" % key, value)
+        return text
+
+    # -- deploy ------------------------------------------------------------------------
+    def do_deploy(self) -> None:
+        node = self.node
+        if node is None:
+            raise ApplicationError(f"{self._rtype} {self.guid} is not connected to a LinuxNode")
+        if node.state == ResourceState.FAILED:
+            raise ApplicationError(f"{self._rtype} {self.guid}: its node LinuxNode "
+                                   f"{node.guid} FAILED: {node.failure or 'see its log'}")
+        if node.state < ResourceState.READY:
+            self.ec.schedule(NODE_WAIT, self.deploy)
+            return
+        self._run_home = node.run_home(self)
+        self._app_home = node.app_home(self._app_digest())
+        depends = (self.get("depends") or "").split()
+        if depends:
+            node.install_packages(depends)
+        dirs = f"mkdir -p {shlex.quote(self._run_home)} {shlex.quote(self._app_home)}"
+        node.transport.run(dirs).check(f"creating {self._run_home}")
+        self._prepare_app_home(node)
+        self._upload_run_files(node)
+        super().do_deploy()
+
+    def _app_digest(self) -> str:
+        """A hash of what makes the app_home: runs with the same inputs share it."""
+        h = hashlib.sha256()
+        for name in ("depends", "sources", "code", "build", "install"):
+            h.update(f"{name}\0{self.get(name) or ''}\0".encode())
+        for src in (self.get("sources") or "").split():
+            if not _URL.match(src) and os.path.exists(src):
+                st = os.stat(src)
+                h.update(f"{os.path.abspath(src)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    def _needs_app_home(self) -> bool:
+        return any(self.get(n) for n in ("sources", "code", "build", "install"))
+
+    def _prepare_app_home(self, node: LinuxNode) -> None:
+        if not self._needs_app_home():
+            return
+        home = shlex.quote(self._app_home)
+        with node.app_lock(os.path.basename(self._app_home)):
+            if node.transport.run(f"[ -f {home}/.nepi-ready ]").ok:
+                self.debug(f"reusing {self._app_home}")
+                return
+            self._fetch_sources(node)
+            if self.get("code") is not None:
+                node.transport.write(f"{self._app_home}/code", self.get("code").encode())
+            steps = [s for s in (self.replace_paths(self.get("build")),
+                                 self.replace_paths(self.get("install"))) if s]
+            body = " && ".join(f"( {s}\n)" for s in steps) or "true"
+            script = (f"cd {home} && {{ {body}; }} > deploy_stdout 2> deploy_stderr; rc=$?; "
+                      f"echo $rc > deploy_exitcode; [ $rc = 0 ] && touch .nepi-ready; exit $rc")
+            result = node.transport.run(script, timeout=3600)
+            if not result.ok:
+                err = node.transport.read(f"{self._app_home}/deploy_stderr") or b""
+                raise ApplicationError(
+                    f"{self._rtype} {self.guid}: build/install failed with exit code "
+                    f"{result.exitcode}: {err.decode(errors='replace').strip()[-500:]}")
+
+    def _fetch_sources(self, node: LinuxNode) -> None:
+        fetches = []
+        for src in (self.get("sources") or "").split():
+            if _URL.match(src):
+                name = shlex.quote(os.path.basename(src.rstrip("/")) or "source")
+                url = shlex.quote(src)
+                fetches.append(f"(curl -fsSL -o {name} {url} || wget -q -O {name} {url})")
+            elif os.path.exists(src):
+                node.transport.put(src, f"{self._app_home}/{os.path.basename(src.rstrip('/'))}")
+            else:
+                raise ApplicationError(f"{self._rtype} {self.guid}: source {src!r} is neither "
+                                       f"an existing local path nor a URL")
+        if fetches:
+            cmd = f"cd {shlex.quote(self._app_home)} && " + " && ".join(fetches)
+            node.transport.run(cmd, timeout=1800).check("downloading sources")
+
+    def _upload_run_files(self, node: LinuxNode) -> None:
+        for path in (self.get("files") or "").split():
+            if not os.path.exists(path):
+                raise ApplicationError(f"{self._rtype} {self.guid}: file {path!r} does not exist")
+            node.transport.put(path, f"{self._run_home}/{os.path.basename(path.rstrip('/'))}")
+        stdin = self.get("stdin")
+        if stdin:
+            if os.path.isfile(stdin):
+                node.transport.put(stdin, f"{self._run_home}/stdin")
+            else:
+                node.transport.write(f"{self._run_home}/stdin", stdin.encode())
+
+    # -- start, finish, stop ----------------------------------------------------------------
+    def do_start(self) -> None:
+        command = self.replace_paths(self.build_command())
+        if not command:
+            raise ApplicationError(f"{self._rtype} {self.guid} has no command to run")
+        node = self.node
+        home = shlex.quote(self._run_home)
+        launch = (f"cd {home} && rm -f exitcode exitcode.tmp pid && "
+                  f"printf '%s\\n' {shlex.quote(command)} > command && "
+                  f"printf '%s\\n' {shlex.quote(self._wrapper())} > wrapper.sh && "
+                  f"( setsid nohup bash wrapper.sh > /dev/null 2>&1 < /dev/null & echo $! > pid ) "
+                  f"&& cat pid")
+        result = node.transport.run(launch).check(f"launching {self._rtype} {self.guid}")
+        self._pid = int(result.stdout.strip())
+        self.debug(f"started, pid {self._pid}")
+        super().do_start()
+        node.monitor.watch(self)
+
+    def _wrapper(self) -> str:
+        """The script that runs the command and records how it ended."""
+        exports = [f"export {k}={shlex.quote(v)}" for k, v in self._env_pairs()]
+        stdin = "stdin" if self.get("stdin") else "/dev/null"
+        sudo = "sudo -n -E " if self.get("sudo") and not self.node.is_root else ""
+        return "\n".join([
+            f"cd {shlex.quote(self._run_home)} || exit 1",
+            *exports,
+            f"{sudo}bash ./command < {stdin} > stdout 2> stderr",
+            "echo $? > exitcode.tmp && mv exitcode.tmp exitcode",
+        ])
+
+    def _env_pairs(self) -> list[tuple[str, str]]:
+        node = self.node
+        pairs = [("RUN_HOME", self._run_home), ("APP_HOME", self._app_home or ""),
+                 ("NODE_HOME", node.node_home), ("EXP_HOME", node.exp_home)]
+        for item in shlex.split(self.replace_paths(self.get("env")) or ""):
+            name, sep, value = item.partition("=")
+            if not sep or not _ENV_NAME.match(name):
+                raise ApplicationError(f"{self._rtype} {self.guid}: env entry {item!r} is not "
+                                       f"NAME=value")
+            pairs.append((name, value))
+        return pairs
+
+    def _process_exited(self, exitcode: int | None) -> None:
+        """The monitor saw the process end: parse, then FINISHED or FAILED."""
+        if self.state != ResourceState.STARTED:
+            return  # stopped or released meanwhile
+        self._final_stdout = self._read_text("stdout") or ""
+        self.on_finished(exitcode, self._final_stdout)
+        if exitcode == 0:
+            self.set_finished()
+            return
+        if exitcode is None:
+            self.failure = (f"{self._rtype} {self.guid}: the process ended without an exit "
+                            f"code (killed?)")
+        else:
+            self.failure = f"{self._rtype} {self.guid}: command exited with code {exitcode}"
+        err = (self._read_text("stderr") or "").strip()[-500:]
+        self.error(self.failure, err=err or None)
+        self.fail()
+
+    def do_stop(self) -> None:
+        node = self.node
+        node.monitor.unwatch(self)
+        if self._pid is not None:
+            node.transport.run(self._kill_command(graceful=True), timeout=60)
+        super().do_stop()
+
+    def _kill_command(self, graceful: bool) -> str:
+        """Kill the app's process group: TERM, a short grace, then KILL."""
+        sudo = "sudo -n " if self.get("sudo") and not self.node.is_root else ""
+        group = f"-{self._pid}"
+        if not graceful:
+            return f"{sudo}kill -KILL -- {group} 2>/dev/null; true"
+        return (f"{sudo}kill -TERM -- {group} 2>/dev/null; i=0; "
+                f"while {sudo}kill -0 -- {group} 2>/dev/null && [ $i -lt 30 ]; do "
+                f"sleep 0.1; i=$((i+1)); done; {sudo}kill -KILL -- {group} 2>/dev/null; true")
+
+    # -- release ------------------------------------------------------------------------------
+    def do_release(self) -> None:
+        node = self.node
+        try:
+            if node is not None and node._transport is not None and self._run_home:
+                node.monitor.unwatch(self)
+                steps = []
+                if self._pid is not None:
+                    steps.append(self._kill_command(self.state == ResourceState.STARTED))
+                teardown = self.replace_paths(self.get("tearDown"))
+                if teardown:
+                    steps.append(f"( cd {shlex.quote(self._run_home)} && {teardown}\n)")
+                if steps:
+                    node.transport.run("; ".join(steps), timeout=120)
+        except Exception as exc:
+            self.error(f"clean-up on release failed: {exc}")
+        finally:
+            super().do_release()
+
+    # -- traces ----------------------------------------------------------------------------------
+    def trace_path(self, name: str) -> str | None:
+        """Where trace ``name`` lives on the host (None before deploy)."""
+        self.get_trace(name)
+        if name in _DEPLOY_TRACES:
+            return f"{self._app_home}/{name}" if self._app_home else None
+        return f"{self._run_home}/{name}" if self._run_home else None
+
+    def _read_text(self, name: str) -> str | None:
+        path = self.trace_path(name)
+        if path is None:
+            return None
+        data = self.node.transport.read(path)
+        return None if data is None else data.decode(errors="replace")
+
+    def trace(self, name: str, attr: str = TraceAttr.ALL, block: int = 512,
+              offset: int = 0) -> Any:
+        path = self.trace_path(name)
+        if path is None:
+            return None
+        if attr == TraceAttr.PATH:
+            return path
+        transport = self.node.transport
+        if attr == TraceAttr.SIZE:
+            return transport.size(path) or 0
+        if attr == TraceAttr.STREAM:
+            data = transport.read(path, offset * block, block)
+            return "" if data is None else data.decode(errors="replace")
+        if name == "stdout" and self._final_stdout is not None:
+            return self._final_stdout
+        return self._read_text(name) or ""
+
+
+ResourceManager  # re-exported names stay importable for subclasses

@@ -1,0 +1,416 @@
+"""SSH transport: ONE persistent paramiko connection per host.
+
+Why it looks like this: opening an exec channel costs ~100 ms on a typical
+sshd (a fork and a login-shell start), while a command sent to a shell that
+is already running costs about a millisecond. So the transport keeps a small
+pool of persistent ``bash`` processes, one per session channel, and sends
+each command to an idle one, framed by end markers. The pool size bounds the
+concurrent channels (sshd's MaxSessions is 10 by default; SFTP uses one more).
+Files move over one SFTP session. A dead connection is reopened the next time
+it is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import socket
+import stat
+import threading
+import time
+from dataclasses import dataclass
+
+import paramiko
+
+from nepi_prefect.transport.base import CommandResult, Transport, TransportError, TransportTimeout
+
+_SHELL = "exec bash --noprofile --norc -s"
+
+
+@dataclass
+class SSHConfig:
+    """How to reach a host. ``password`` and ``pkey`` are secrets: never shown."""
+
+    host: str
+    port: int = 22
+    username: str | None = None
+    key_filename: str | None = None
+    pkey: paramiko.PKey | None = None
+    password: str | None = None
+    known_hosts: str | None = "~/.ssh/known_hosts"
+    known_hosts_text: str | None = None
+    accept_unknown: bool = False
+    connect_timeout: float = 10.0
+    max_channels: int = 8
+    gateway: str | None = None
+    gateway_user: str | None = None
+    gateway_port: int = 22
+
+    def __repr__(self) -> str:  # keep secrets out of any repr
+        return f"SSHConfig({self.username}@{self.host}:{self.port})"
+
+
+class _WarnAndAdd(paramiko.MissingHostKeyPolicy):
+    """acceptUnknownHostKeys: trust a key never seen before, for this connection only."""
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class _Shell:
+    """A persistent ``bash -s`` on one session channel; runs one command at a time."""
+
+    def __init__(self, transport: paramiko.Transport, timeout: float):
+        self.chan = transport.open_session(timeout=timeout)
+        self.chan.exec_command(_SHELL)
+        self.tag = os.urandom(6).hex()
+        self.count = 0
+
+    def alive(self) -> bool:
+        chan = self.chan
+        return (not chan.closed and not chan.exit_status_ready()
+                and chan.get_transport() is not None and chan.get_transport().is_active())
+
+    def run(self, command: str, timeout: float | None) -> CommandResult:
+        self.count += 1
+        mark = f"__NEPI_END_{self.tag}_{self.count}__"
+        # eval of a quoted string: a syntax error in the command cannot
+        # confuse the framing of the shell that reads this script.
+        script = (f"( eval {shlex.quote(command)} ) </dev/null; "
+                  f"printf '\\n{mark} %d\\n' $?; printf '\\n{mark}\\n' >&2\n")
+        self.chan.sendall(script.encode())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out, err, rc = self._collect(mark.encode(), deadline)
+        return CommandResult(out.decode(errors="replace"), err.decode(errors="replace"), rc)
+
+    def _collect(self, mark: bytes, deadline: float | None) -> tuple[bytes, bytes, int]:
+        chan = self.chan
+        omark, emark = b"\n" + mark + b" ", b"\n" + mark + b"\n"
+        out, err = bytearray(), bytearray()
+        out_end = err_end = None
+        rc = -1
+        while out_end is None or err_end is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TransportTimeout("command timed out")
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            if err_end is None:
+                idx = err.find(emark)
+                err_end = idx if idx >= 0 else None
+            chan.settimeout(0.05)
+            try:
+                data = chan.recv(65536) if out_end is None else (
+                    chan.recv_stderr(65536) if err_end is None else b"x")
+            except socket.timeout:
+                continue
+            if not data:
+                raise TransportError("the remote shell closed")
+            if out_end is None:
+                out += data
+                idx = out.find(omark)
+                if idx >= 0:
+                    nl = out.find(b"\n", idx + len(omark))
+                    if nl >= 0:
+                        rc = int(out[idx + len(omark):nl])
+                        out_end = idx
+            elif err_end is None:
+                err += data
+                idx = err.find(emark)
+                err_end = idx if idx >= 0 else None
+        return bytes(out[:out_end]), bytes(err[:err_end]), rc
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:
+            pass
+
+
+class SSHTransport(Transport):
+    """A thread-safe, self-healing connection to one host over SSH."""
+
+    def __init__(self, config: SSHConfig):
+        self.config = config
+        self.label = f"{config.username or ''}{'@' if config.username else ''}{config.host}:{config.port}"
+        self._lock = threading.RLock()
+        self._client: paramiko.SSHClient | None = None
+        self._gw_client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._sftp_lock = threading.Lock()
+        self._pool_cond = threading.Condition()
+        self._idle: list[_Shell] = []
+        self._nshells = 0
+        self._max = max(1, config.max_channels)
+
+    # -- connection ------------------------------------------------------
+    def connect(self) -> None:
+        self._ensure_connected()
+
+    def _ensure_connected(self) -> paramiko.Transport:
+        with self._lock:
+            if self._client is not None:
+                tr = self._client.get_transport()
+                if tr is not None and tr.is_active():
+                    return tr
+                self._drop()
+            self._client = self._open()
+            return self._client.get_transport()
+
+    def _new_client(self) -> paramiko.SSHClient:
+        cfg = self.config
+        client = paramiko.SSHClient()
+        if cfg.known_hosts:
+            path = os.path.expanduser(cfg.known_hosts)
+            if os.path.exists(path):
+                client.load_host_keys(path)
+        if cfg.known_hosts_text:
+            keys = client.get_host_keys()
+            for line in cfg.known_hosts_text.splitlines():
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                if entry is not None:
+                    for name in entry.hostnames:
+                        keys.add(name, entry.key.get_name(), entry.key)
+        client.set_missing_host_key_policy(
+            _WarnAndAdd() if cfg.accept_unknown else paramiko.RejectPolicy())
+        return client
+
+    def _open(self) -> paramiko.SSHClient:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.connect_timeout
+        sock = None
+        if cfg.gateway:
+            self._gw_client = self._connect_client(
+                cfg.gateway, cfg.gateway_port, cfg.gateway_user or cfg.username,
+                self._tcp(cfg.gateway, cfg.gateway_port, deadline), deadline)
+            try:
+                sock = self._gw_client.get_transport().open_channel(
+                    "direct-tcpip", (cfg.host, cfg.port), ("127.0.0.1", 0),
+                    timeout=self._left(deadline))
+            except Exception as exc:
+                raise TransportError(
+                    f"cannot reach {cfg.host}:{cfg.port} through gateway {cfg.gateway}: "
+                    f"{_reason(exc, cfg.connect_timeout)}") from None
+        else:
+            sock = self._tcp(cfg.host, cfg.port, deadline)
+        client = self._connect_client(cfg.host, cfg.port, cfg.username, sock, deadline)
+        client.get_transport().set_keepalive(15)
+        return client
+
+    def _left(self, deadline: float) -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    def _tcp(self, host: str, port: int, deadline: float) -> socket.socket:
+        try:
+            return socket.create_connection((host, port), timeout=self._left(deadline))
+        except Exception as exc:
+            raise TransportError(
+                f"cannot connect to {host}:{port}: {_reason(exc, self.config.connect_timeout)}"
+            ) from None
+
+    def _connect_client(self, host: str, port: int, username: str | None, sock,
+                        deadline: float) -> paramiko.SSHClient:
+        cfg = self.config
+        client = self._new_client()
+        left = self._left(deadline)
+        # The banner/auth waits count against what is left of connectTimeout,
+        # so a port that accepts and never speaks fails in time too.
+        sock.settimeout(left)
+        has_secret = bool(cfg.pkey or cfg.key_filename or cfg.password)
+        try:
+            client.connect(
+                host, port=port, username=username, pkey=cfg.pkey,
+                key_filename=os.path.expanduser(cfg.key_filename) if cfg.key_filename else None,
+                password=cfg.password, sock=sock, timeout=left, banner_timeout=left,
+                auth_timeout=left, channel_timeout=left, allow_agent=not has_secret,
+                look_for_keys=not has_secret)
+        except paramiko.BadHostKeyException as exc:
+            _close_quietly(client, sock)
+            raise TransportError(
+                f"host key of {host}:{port} has CHANGED ({exc.key.get_name()} "
+                f"{exc.key.fingerprint}, expected {exc.expected_key.fingerprint}): "
+                f"refusing to connect (possible man-in-the-middle); fix known_hosts") from None
+        except Exception as exc:
+            _close_quietly(client, sock)
+            raise TransportError(
+                f"cannot connect to {username or ''}{'@' if username else ''}{host}:{port}: "
+                f"{_reason(exc, cfg.connect_timeout)}") from None
+        return client
+
+    def _drop(self) -> None:
+        """Forget the connection and everything on it (the caller holds _lock)."""
+        with self._pool_cond:
+            for shell in self._idle:
+                shell.close()
+            self._idle.clear()
+            self._nshells = 0
+            self._pool_cond.notify_all()
+        with self._sftp_lock:
+            if self._sftp is not None:
+                try:
+                    self._sftp.close()
+                except Exception:
+                    pass
+            self._sftp = None
+        for client in (self._client, self._gw_client):
+            if client is not None:
+                client.close()
+        self._client = self._gw_client = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- commands ----------------------------------------------------------
+    def run(self, command: str, timeout: float | None = None) -> CommandResult:
+        shell = self._acquire()
+        try:
+            result = shell.run(command, timeout)
+        except TransportTimeout:
+            self._discard(shell)
+            raise TransportTimeout(f"{self.label}: command timed out after {timeout}s") from None
+        except Exception as exc:
+            self._discard(shell)
+            raise TransportError(f"{self.label}: connection lost while running a command: "
+                                 f"{_reason(exc, timeout)}") from None
+        self._give_back(shell)
+        return result
+
+    def _acquire(self) -> _Shell:
+        while True:
+            tr = self._ensure_connected()
+            with self._pool_cond:
+                while self._idle:
+                    shell = self._idle.pop()
+                    if shell.alive():
+                        return shell
+                    shell.close()
+                    self._nshells -= 1
+                if self._nshells < self._max:
+                    self._nshells += 1
+                    break
+                self._pool_cond.wait(1.0)
+        try:
+            return _Shell(tr, self.config.connect_timeout)
+        except paramiko.ChannelException:
+            # sshd refused one more session (MaxSessions): live with fewer
+            with self._pool_cond:
+                self._nshells -= 1
+                self._max = max(1, self._nshells)
+            return self._acquire()
+        except Exception as exc:
+            with self._pool_cond:
+                self._nshells -= 1
+                self._pool_cond.notify()
+            raise TransportError(f"{self.label}: cannot open a channel: {_reason(exc, None)}") from None
+
+    def _give_back(self, shell: _Shell) -> None:
+        with self._pool_cond:
+            self._idle.append(shell)
+            self._pool_cond.notify()
+
+    def _discard(self, shell: _Shell) -> None:
+        shell.close()
+        with self._pool_cond:
+            self._nshells = max(0, self._nshells - 1)
+            self._pool_cond.notify()
+
+    # -- files (one SFTP session) ---------------------------------------------
+    def _with_sftp(self, op):
+        """Run ``op(sftp)`` under the SFTP lock; reconnect once if the session died."""
+        for attempt in (1, 2):
+            self._ensure_connected()
+            try:
+                with self._sftp_lock:
+                    if self._sftp is None:
+                        self._sftp = self._client.open_sftp()
+                    return op(self._sftp)
+            except (EOFError, paramiko.SSHException, socket.error) as exc:
+                if isinstance(exc, IOError) and getattr(exc, "errno", None):
+                    raise
+                with self._lock:
+                    self._drop()
+                if attempt == 2:
+                    raise TransportError(f"{self.label}: SFTP failed: {_reason(exc, None)}") from None
+
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes | None:
+        def op(sftp: paramiko.SFTPClient):
+            try:
+                with sftp.open(path, "rb") as f:
+                    f.seek(offset)
+                    if size < 0:
+                        f.prefetch()
+                        return f.read()
+                    return f.read(size)
+            except IOError as exc:
+                if exc.errno == errno.ENOENT:
+                    return None
+                raise
+        return self._with_sftp(op)
+
+    def size(self, path: str) -> int | None:
+        def op(sftp: paramiko.SFTPClient):
+            try:
+                return sftp.stat(path).st_size
+            except IOError as exc:
+                if exc.errno == errno.ENOENT:
+                    return None
+                raise
+        return self._with_sftp(op)
+
+    def write(self, path: str, data: bytes, mode: int | None = None) -> None:
+        def op(sftp: paramiko.SFTPClient):
+            with sftp.open(path, "wb") as f:
+                f.set_pipelined(True)
+                f.write(data)
+            if mode is not None:
+                sftp.chmod(path, mode)
+        self._with_sftp(op)
+
+    def put(self, local: str, remote: str) -> None:
+        def op(sftp: paramiko.SFTPClient):
+            if not os.path.isdir(local):
+                sftp.put(local, remote)
+                sftp.chmod(remote, stat.S_IMODE(os.stat(local).st_mode))
+                return
+            for root, _dirs, files in os.walk(local):
+                rel = os.path.relpath(root, local)
+                target = remote if rel == "." else f"{remote}/{rel}"
+                try:
+                    sftp.mkdir(target)
+                except IOError:
+                    pass  # exists already
+                for name in files:
+                    src = os.path.join(root, name)
+                    sftp.put(src, f"{target}/{name}")
+                    sftp.chmod(f"{target}/{name}", stat.S_IMODE(os.stat(src).st_mode))
+        self._with_sftp(op)
+
+
+def _reason(exc: BaseException, timeout: float | None) -> str:
+    """A short, secret-free reason for a connection failure."""
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"timed out after {timeout}s" if timeout else "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, paramiko.AuthenticationException):
+        return "authentication failed"
+    if isinstance(exc, paramiko.SSHException):
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            return ("host key is not in known_hosts; add it, or set acceptUnknownHostKeys "
+                    "to trust an unknown key")
+        if "banner" in text.lower():
+            return f"no SSH banner within {timeout}s (the port answers but does not speak SSH)"
+        return text or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _close_quietly(client: paramiko.SSHClient, sock) -> None:
+    try:
+        client.close()
+        sock.close()
+    except Exception:
+        pass
