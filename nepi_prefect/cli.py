@@ -1,0 +1,338 @@
+"""The ``nepi-prefect`` command: run, validate, sweep and inspect experiments.
+
+Exit codes: 0 success, 1 the experiment (or validation) failed, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from nepi_prefect.execution.attribute import flag_names
+from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
+from nepi_prefect.execution.resource import ResourceFactory
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments: printed and exit code 2."""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def results_root(arg: str | None = None) -> str:
+    """Where runs are kept: ``--results``, ``$NEPI_PREFECT_RESULTS`` or ``~/.nepi-prefect/experiments``."""
+    return os.path.abspath(os.path.expanduser(
+        arg or os.environ.get("NEPI_PREFECT_RESULTS") or "~/.nepi-prefect/experiments"))
+
+
+def make_recorder(kind: str, attach: str = "auto") -> Any:
+    """The recorder named on the command line."""
+    if kind == "none":
+        from nepi_prefect.execution.recording import Recorder
+        return Recorder()
+    from nepi_prefect.orchestration.recorder import PrefectRecorder
+    return PrefectRecorder(attach=attach)
+
+
+def _existing_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    return path
+
+
+def parse_param(text: str) -> tuple[str, list[str]]:
+    """``"ping.interval=0.2,0.5"`` -> ``("ping.interval", ["0.2", "0.5"])``."""
+    from nepi_prefect.spec.io import parse_assignment
+    try:
+        name, attr, values = parse_assignment(text)
+    except InvalidInputError as exc:
+        raise UsageError(f"--param {exc}".replace("NAME.ATTR=VALUE", "NAME.ATTR=V1,V2,...")) from None
+    items = [v.strip() for v in values.split(",")]
+    if not all(items):
+        raise UsageError(f"--param {text!r}: expected comma-separated values, e.g. ping.count=1,5")
+    return f"{name}.{attr}", items
+
+
+# -- run ----------------------------------------------------------------------------------------------
+def _progress(ec: Any, elapsed: float, counts: dict[str, int]) -> Table:
+    table = Table(title=f"{ec.exp_id} — {elapsed:5.1f}s", title_justify="left")
+    for state in counts:
+        table.add_column(state, justify="right")
+    table.add_row(*[str(n) for n in counts.values()])
+    return table
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """One row per resource: name, type, outcome, metrics, collected traces."""
+    table = Table(title=f"{summary['exp_id']} / {summary['run_id']}: {summary['state']}",
+                  title_justify="left")
+    for col in ("guid", "name", "rtype", "state", "metrics", "traces"):
+        table.add_column(col)
+    for res in summary["resources"]:
+        style = "red" if res["state"] == "FAILED" else None
+        metrics = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                            for k, v in (res.get("metrics") or {}).items())
+        traces = "\n".join(f"{k}: {v}" for k, v in (res.get("traces") or {}).items())
+        table.add_row(str(res["guid"]), res.get("name", ""), res["rtype"], res["state"],
+                      metrics, traces, style=style)
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nepi_prefect.spec.io import apply_overrides, build_experiment, read_description
+    from nepi_prefect.spec.run import ended_well, run_experiment, state_counts
+
+    desc = apply_overrides(read_description(_existing_file(args.description)), args.set,
+                           source=args.description)
+    ec = build_experiment(desc, source=args.description,
+                          recorder=make_recorder(args.recorder),
+                          local_dir=results_root(args.results))
+    live = Live(console=out, refresh_per_second=4, transient=not out.is_terminal)
+    with live:
+        def tick(ec_: Any, elapsed: float) -> None:
+            if elapsed >= 0:
+                live.update(_progress(ec_, elapsed, state_counts(ec_)))
+        summary = run_experiment(ec, timeout=args.timeout, on_tick=tick)
+    out.print(summary_table(summary))
+    out.print(f"results: {summary['run_dir']}")
+    if not ended_well(summary):
+        err.print(f"[red]experiment FAILED[/red]: {summary.get('failure')}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# -- validate, types, describe -------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    from nepi_prefect.spec.io import apply_overrides, read_description
+    desc = apply_overrides(read_description(_existing_file(args.description)), args.set,
+                           source=args.description)
+    out.print(f"[green]valid[/green]: {args.description}: {len(desc.resources)} resources, "
+              f"{len(desc.connections)} connections, {len(desc.conditions)} conditions")
+    return EXIT_OK
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    table = Table(title="resource types", title_justify="left")
+    table.add_column("rtype")
+    table.add_column("platform")
+    table.add_column("help")
+    for name, rclass in sorted(ResourceFactory.resource_types().items()):
+        table.add_row(name, rclass.get_platform(), rclass.get_help().splitlines()[0]
+                      if rclass.get_help() else "")
+    out.print(table)
+    return EXIT_OK
+
+
+def _limits(attr: Any) -> str:
+    if attr.allowed:
+        return "one of " + ", ".join(map(str, attr.allowed))
+    if attr.range:
+        return f"{attr.range[0]}..{attr.range[1]}"
+    return ""
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    try:
+        rclass = ResourceFactory.get_resource_type(args.rtype)
+    except UnknownResourceTypeError:
+        raise UsageError(f"unknown resource type {args.rtype!r}; known types: "
+                         f"{listing(ResourceFactory.resource_types())}") from None
+    out.print(f"[bold]{args.rtype}[/bold]: {rclass.get_help()}")
+    attrs = Table(title="attributes", title_justify="left")
+    for col in ("name", "type", "default", "flags", "values", "help"):
+        attrs.add_column(col)
+    for attr in sorted(rclass.get_attributes(), key=lambda a: a.name):
+        default = "" if attr.default is None or attr.is_secret else repr(attr.default)
+        attrs.add_row(attr.name, attr.type, default, ",".join(flag_names(attr.flags)),
+                      _limits(attr), attr.help)
+    out.print(attrs)
+    traces = Table(title="traces", title_justify="left")
+    traces.add_column("name")
+    traces.add_column("enabled by default")
+    traces.add_column("help")
+    for trace in rclass.get_traces():
+        traces.add_row(trace.name, "yes" if trace.enabled else "", trace.help)
+    out.print(traces)
+    return EXIT_OK
+
+
+# -- sweep ------------------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from nepi_prefect.flows_impl import sweep_flow
+    from nepi_prefect.spec.io import parse_document, read_description, read_sweep
+
+    path = _existing_file(args.description)
+    grid = dict(parse_param(p) for p in args.param)
+    data = parse_document(Path(path).read_text(), path)
+    if isinstance(data, dict) and "experiment" in data:  # a sweep file
+        sweep, desc = read_sweep(path)
+        grid = {**sweep.grid, **grid}
+        points, repeat, conc = sweep.points, sweep.repeat, sweep.max_concurrency
+    else:
+        desc, points, repeat, conc = read_description(path), [], 1, 4
+    if not grid and not points:
+        raise UsageError("nothing to sweep: give --param NAME.ATTR=V1,V2,... or a sweep file")
+    repeat = args.repeat or repeat
+    conc = args.max_concurrency or conc
+    result = sweep_flow(description=desc, grid=grid, points=points, repeat=repeat,
+                        max_concurrency=conc, results_dir=results_root(args.results),
+                        timeout=args.timeout)
+    out.print(rows_table(result["rows"], title=f"sweep: {len(result['rows'])} runs"))
+    out.print(f"csv: {result['csv']}")
+    failed = [r for r in result["rows"] if r["state"] != "COMPLETED"]
+    if failed:
+        err.print(f"[red]{len(failed)} of {len(result['rows'])} runs FAILED[/red]")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def rows_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    """A table of homogeneous dicts."""
+    table = Table(title=title, title_justify="left")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[_cell(row.get(c)) for c in columns])
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# -- results --------------------------------------------------------------------------------------------
+def load_summaries(root: str, exp_id: str | None = None) -> list[dict[str, Any]]:
+    """Every ``summary.json`` under ``root`` (of ``exp_id`` only, if given), oldest first."""
+    pattern = f"{exp_id}/*/summary.json" if exp_id else "*/*/summary.json"
+    found = []
+    for path in sorted(Path(root).glob(pattern)):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        summary.setdefault("run_dir", str(path.parent))
+        found.append(summary)
+    return sorted(found, key=lambda s: (str(s.get("run_id")), str(s.get("exp_id"))))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    root = results_root(args.results)
+    summaries = load_summaries(root, args.exp_id)
+    if not summaries:
+        what = f"experiment {args.exp_id!r}" if args.exp_id else "runs"
+        err.print(f"no {what} under {root}")
+        return EXIT_FAILED if args.exp_id else EXIT_OK
+    if args.json:
+        print(json.dumps(summaries, indent=2, default=str))
+        return EXIT_OK
+    table = Table(title=f"runs under {root}", title_justify="left")
+    for col in ("experiment", "run", "state", "resources", "failure", "results"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(s.get("exp_id", ""), s.get("run_id", ""), s.get("state", ""),
+                      str(len(s.get("resources", []))), s.get("failure") or "", s["run_dir"],
+                      style="red" if s.get("state") == "FAILED" else None)
+    out.print(table)
+    if args.exp_id:
+        for s in summaries:
+            out.print(summary_table(s))
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nepi-prefect",
+                                     description="Run NEPI-style network experiments on Prefect.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+        p.add_argument("description", metavar="DESCRIPTION", help="experiment file (YAML or JSON)")
+        if overrides:
+            p.add_argument("--set", action="append", default=[], metavar="NAME.ATTR=VALUE",
+                           help="override an attribute (repeatable)")
+
+    p = add("run", cmd_run, "run one experiment, recorded in Prefect")
+    common(p)
+    p.add_argument("--recorder", choices=("prefect", "none"), default="prefect",
+                   help="record the run as a Prefect flow run (default) or not at all")
+    p.add_argument("--timeout", help='fail the experiment after this long, e.g. "5m"')
+    p.add_argument("--results", metavar="DIR", help="results directory")
+
+    common(add("validate", cmd_validate, "check a description without running it"))
+    add("types", cmd_types, "list the resource types")
+    p = add("describe", cmd_describe, "show a resource type's attributes and traces")
+    p.add_argument("rtype", metavar="RTYPE")
+
+    p = add("sweep", cmd_sweep, "run an experiment over a grid of parameters (Prefect child flow runs)")
+    common(p, overrides=False)
+    p.add_argument("--param", action="append", default=[], metavar="NAME.ATTR=V1,V2,...",
+                   help="values of one parameter (repeatable; the grid is their product)")
+    p.add_argument("--repeat", type=_positive, metavar="N", help="runs per point (default 1)")
+    p.add_argument("--max-concurrency", type=_positive, metavar="K",
+                   help="experiments at once (default 4)")
+    p.add_argument("--timeout", help="per-run timeout")
+    p.add_argument("--results", metavar="DIR", help="results directory")
+
+    p = add("results", cmd_results, "list recorded runs and where their traces are")
+    p.add_argument("exp_id", nargs="?", metavar="EXP_ID", help="show this experiment's runs in detail")
+    p.add_argument("--results", metavar="DIR", help="results directory")
+    p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nepi-prefect`` console script."""
+    from nepi_prefect.spec.validate import DescriptionError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        return EXIT_USAGE
+    except DescriptionError as exc:
+        err.print(Text(f"error: {exc}", style="red"))
+        return EXIT_FAILED
+    except InvalidInputError as exc:
+        err.print(Text(f"error: {exc}", style="red"))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Run an experiment built from a description to its end.
+
+The CLI and the Prefect flows share this: deploy, wait for the resources
+that end the run, give up after the timeout, shut down, and return the
+summary (with resource names added).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Any, Callable
+
+from nepi_prefect.execution.ec import ExperimentController
+from nepi_prefect.execution.resource import ResourceState2str
+from nepi_prefect.spec.io import resource_names, save_experiment, source_description
+from nepi_prefect.util.timefuncs import parse_delay
+
+#: rtypes (or bases) that never end by themselves: nodes stay up, collectors
+#: collect at release, captures run until stopped
+_ENDLESS_SUFFIXES = ("Node", "Collector", "Tcpdump")
+
+#: progress callback: (ec, elapsed seconds) on every tick
+Tick = Callable[[ExperimentController, float], None]
+
+
+def wait_set(ec: ExperimentController) -> list[int]:
+    """The guids whose end ends the run: the description's ``wait_for``, else every
+    resource that can finish by itself (not a node, collector or capture)."""
+    desc = source_description(ec)
+    if desc is not None and desc.wait_for:
+        by_name = {n: g for g, n in resource_names(ec).items()}
+        return [by_name[n] for n in desc.wait_for]
+    guids = []
+    for guid in ec.resources:
+        chain = type(ec.get_resource(guid))._rtype_chain()
+        if not any(r.endswith(_ENDLESS_SUFFIXES) for r in chain):
+            guids.append(guid)
+    return guids
+
+
+def state_counts(ec: ExperimentController) -> dict[str, int]:
+    """How many RMs are in each state, in life-cycle order."""
+    counts = collections.Counter(ec.state(g) for g in ec.resources)
+    return {ResourceState2str[s]: counts[s] for s in sorted(counts)}
+
+
+def run_experiment(ec: ExperimentController, timeout: float | str | None = None,
+                   on_tick: Tick | None = None, tick: float = 0.25,
+                   wait_guids: list[int] | None = None) -> dict[str, Any]:
+    """Deploy ``ec``, wait for its end (or ``timeout``), shut it down; returns the summary.
+
+    The description is kept next to the results as ``experiment.yaml``. A
+    timeout fails the experiment. The summary's resources carry their ``name``.
+    """
+    desc = source_description(ec)
+    if timeout is None and desc is not None and desc.timeout is not None:
+        timeout = desc.timeout
+    limit = parse_delay(timeout) if timeout is not None else None
+    guids = wait_set(ec) if wait_guids is None else wait_guids
+    try:
+        save_experiment(ec, os.path.join(ec.run_dir, "experiment.yaml"))
+        ec.deploy()
+        _wait(ec, guids, limit, on_tick, tick)
+    except BaseException as exc:
+        # Ctrl-C or a crash: the experiment is over; release what was deployed.
+        _fail(ec, f"interrupted: {type(exc).__name__}: {exc}".rstrip(": "))
+        raise
+    finally:
+        ec.shutdown()
+    if on_tick:
+        on_tick(ec, -1.0)
+    return named_summary(ec)
+
+
+def _wait(ec: ExperimentController, guids: list[int], limit: float | None,
+          on_tick: Tick | None, tick: float) -> None:
+    start = time.monotonic()
+    while True:
+        done = ec.wait_finished(guids, timeout=tick)
+        elapsed = time.monotonic() - start
+        if on_tick:
+            on_tick(ec, elapsed)
+        if done:
+            return
+        if limit is not None and elapsed > limit:
+            _fail(ec, f"timed out after {limit:g}s waiting for guids {guids}")
+            return
+
+
+def _fail(ec: ExperimentController, reason: str) -> None:
+    # The EC has no public abort; _abort is what a critical failure uses:
+    # it marks the experiment FAILED with ``reason`` and releases every RM.
+    ec._abort(reason)
+
+
+def named_summary(ec: ExperimentController) -> dict[str, Any]:
+    """``ec.summary()`` with each resource's description name."""
+    summary = ec.summary()
+    names = resource_names(ec)
+    for res in summary["resources"]:
+        res["name"] = names.get(res["guid"], str(res["guid"]))
+    return summary
+
+
+def ended_well(summary: dict[str, Any]) -> bool:
+    """The experiment COMPLETED: no critical resource FAILED and it did not time out.
+
+    A non-critical resource may have FAILED; the user said the run goes on without it.
+    """
+    return summary.get("state") == "COMPLETED"
