@@ -196,11 +196,14 @@ def apply_overrides(desc: ExperimentDescription, overrides: Mapping[str, Any] | 
         res.attributes[attr] = value
     if issues:
         raise DescriptionError(source, issues)
+    # Report problems at the override that caused them: "--set ping.count".
+    index = {n: i for i, n in enumerate(new.names)}
+    paths = {f"resources[{index[n]}].attributes.{a}": f"{n}.{a}" for n, a, _ in items}
     try:
         validate_description(new, source)
     except DescriptionError as exc:
-        raise DescriptionError(source, [Issue(f"{what} {i.path}", i.found, i.expected)
-                                        for i in exc.issues]) from None
+        raise DescriptionError(source, [Issue(f"{what} {paths.get(i.path, i.path)}", i.found,
+                                              i.expected) for i in exc.issues]) from None
     return new
 
 
