@@ -13,6 +13,7 @@ it is used.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shlex
 import socket
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 import paramiko
 
 from nepi_prefect.transport.base import CommandResult, Transport, TransportError, TransportTimeout
+
+# paramiko logs tracebacks for failures this module reports itself, clearly
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 _SHELL = "exec bash --noprofile --norc -s"
 
@@ -221,7 +225,7 @@ class SSHTransport(Transport):
             client.connect(
                 host, port=port, username=username, pkey=cfg.pkey,
                 key_filename=os.path.expanduser(cfg.key_filename) if cfg.key_filename else None,
-                password=cfg.password, sock=sock, timeout=left, banner_timeout=left,
+                password=cfg.password, sock=sock, timeout=left + 1, banner_timeout=left,
                 auth_timeout=left, channel_timeout=left, allow_agent=not has_secret,
                 look_for_keys=not has_secret)
         except paramiko.BadHostKeyException as exc:
@@ -232,9 +236,12 @@ class SSHTransport(Transport):
                 f"refusing to connect (possible man-in-the-middle); fix known_hosts") from None
         except Exception as exc:
             _close_quietly(client, sock)
+            reason = _reason(exc, cfg.connect_timeout)
+            if time.monotonic() >= deadline - 0.05 and "timed out" not in reason:
+                reason = f"no SSH answer within {cfg.connect_timeout}s ({reason})"
             raise TransportError(
                 f"cannot connect to {username or ''}{'@' if username else ''}{host}:{port}: "
-                f"{_reason(exc, cfg.connect_timeout)}") from None
+                f"{reason}") from None
         return client
 
     def _drop(self) -> None:

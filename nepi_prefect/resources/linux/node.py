@@ -16,7 +16,6 @@ Layout on the host::
 from __future__ import annotations
 
 import functools
-import logging
 import shlex
 import threading
 from typing import TYPE_CHECKING
@@ -346,4 +345,3 @@ def _load_pkey(text: str, name: str):
                     f"(unsupported type or encrypted)")
 
 
-logging.getLogger("paramiko").setLevel(logging.WARNING)
