@@ -205,3 +205,38 @@ def test_release_order_collectors_first_then_apps_then_node(ec, sshd):
     a = _app(ec, n, command="true")
     app, node = ec.get_resource(a), ec.get_resource(n)
     assert app.release_after() == [] and node.release_after() == [a]
+
+
+def test_app_survives_a_dropped_connection(ec, sshd):
+    n = _node(ec, sshd)
+    a = _app(ec, n, command="sleep 1.5; echo survived")
+    ec.deploy()
+    assert ec.wait(a, (S.STARTED,) + DONE, timeout=30)
+    ec.get_resource(n).transport._client.get_transport().close()  # the link drops
+    assert ec.wait(a, DONE, timeout=30) and ec.state(a) == S.FINISHED
+    assert ec.trace(a, "stdout") == "survived\n"
+
+
+def test_node_through_a_gateway(ec, sshd):
+    # the same sshd serves as the jump host: the node is reached over direct-tcpip
+    n = _node(ec, sshd, gateway=sshd.host, gatewayPort=sshd.port, gatewayUser=sshd.username)
+    a = _app(ec, n, command="echo via-gateway")
+    ec.deploy()
+    assert ec.wait(a, DONE, timeout=30) and ec.state(a) == S.FINISHED, ec.get_resource(n).failure
+    assert ec.trace(a, "stdout") == "via-gateway\n"
+    assert ec.get_resource(n).transport._gw_client is not None
+
+
+def test_children_a_finished_app_left_do_not_outlive_release(sshd):
+    ec = ExperimentController(exp_id=f"cp-{os.urandom(3).hex()}", recorder=Recorder())
+    marker = f"1000.{os.getpid()}3"
+    try:
+        n = _node(ec, sshd, cleanProcesses=True)
+        # exits 0 at once, leaving a background sleep in its process group
+        a = _app(ec, n, command=f"sleep {marker} > /dev/null 2>&1 &")
+        ec.deploy()
+        assert ec.wait(a, DONE, timeout=30) and ec.state(a) == S.FINISHED
+        assert _pgrep(sshd, f"sleep {marker}") != ""
+    finally:
+        ec.shutdown()
+    assert _pgrep(sshd, f"sleep {marker}") == ""
