@@ -288,12 +288,17 @@ class LinuxApplication(ResourceManager):
     def _kill_command(self, graceful: bool) -> str:
         """Kill the app's process group: TERM, a short grace, then KILL."""
         sudo = "sudo -n " if self.get("sudo") and not self.node.is_root else ""
-        group = f"-{self._pid}"
+        pid = self._pid
+        # the final pkill -s sweeps the session: children that moved to another group
+        kill = (f"{sudo}kill -KILL -- -{pid} 2>/dev/null; "
+                f"command -v pkill >/dev/null && {sudo}pkill -KILL -s {pid} 2>/dev/null; true")
         if not graceful:
-            return f"{sudo}kill -KILL -- {group} 2>/dev/null; true"
-        return (f"{sudo}kill -TERM -- {group} 2>/dev/null; i=0; "
-                f"while {sudo}kill -0 -- {group} 2>/dev/null && [ $i -lt 30 ]; do "
-                f"sleep 0.1; i=$((i+1)); done; {sudo}kill -KILL -- {group} 2>/dev/null; true")
+            return kill
+        # zombies waiting for a slow init would look alive to kill -0: ask ps when we can
+        alive = (f"if command -v ps >/dev/null; then ps -o stat= --sid {pid} 2>/dev/null "
+                 f"| grep -qv '^Z'; else {sudo}kill -0 -- -{pid} 2>/dev/null; fi")
+        return (f"{sudo}kill -TERM -- -{pid} 2>/dev/null; i=0; "
+                f"while {alive} && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; {kill}")
 
     # -- release ------------------------------------------------------------------------------
     def do_release(self) -> None:
