@@ -24,6 +24,13 @@ from nepi_prefect.execution.resource import ResourceFactory
 out = Console()
 err = Console(stderr=True)
 
+
+def _consoles() -> None:
+    """Fresh consoles for this invocation; piped output is wide enough to grep."""
+    global out, err
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -317,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nepi-prefect`` console script."""
     from nepi_prefect.spec.validate import DescriptionError
 
+    _consoles()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
