@@ -1,0 +1,106 @@
+"""deployments/prefect.yaml: a scheduled deployment run by a process worker,
+against a real `prefect server start` on loopback that this test starts and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.prefect_api import _free_port, _server_env, _stop, _wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+POOL = "nepi-test-pool"
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture
+def scheduling_server():
+    """A Prefect server whose scheduler wakes every second."""
+    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-sched-"))
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = _server_env(home, api_url)
+    env.update(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
+               PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false")
+    log = home / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        _wait_healthy(api_url, proc, log)
+        client_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+        client_env.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(home / "client"),
+                          PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        yield api_url, client_env
+    finally:
+        _stop(proc)
+
+
+def _prefect(args: list[str], env: dict, timeout: float = 120) -> str:
+    proc = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _scheduled_copy(tmp_path: Path) -> Path:
+    """deployments/prefect.yaml with its scheduled deployment firing every 5 s, on a
+    short local experiment and the test's pool."""
+    config = yaml.safe_load((ROOT / "deployments/prefect.yaml").read_text())
+    (dep,) = [d for d in config["deployments"] if d.get("schedules")]
+    assert dep["schedules"][0]["cron"]  # the shipped one is a cron schedule
+    desc = tmp_path / "echo.yaml"
+    desc.write_text("name: scheduled-echo\nresources:\n"
+                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
+                    "  - {name: app, rtype: LinuxApplication, attributes: {command: echo hi}}\n"
+                    "connections: [[node, app]]\n")
+    dep.update(name="echo-every-5s", schedules=[{"interval": 5}],
+               parameters={"description_file": str(desc), "results_dir": str(tmp_path / "results")},
+               work_pool={"name": POOL})
+    config["deployments"] = [dep]
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def _completed_runs(api_url: str, name: str) -> list:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async with PrefectClient(api_url) as client:
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=[name])))
+    return [r for r in runs if r.state and r.state.is_completed()]
+
+
+def test_scheduled_deployment_runs_on_a_process_worker(scheduling_server, tmp_path):
+    api_url, env = scheduling_server
+    _prefect(["work-pool", "create", "--type", "process", POOL], env)
+    out = _prefect(["deploy", "--all", "--prefect-file", str(_scheduled_copy(tmp_path))], env)
+    assert "echo-every-5s" in out
+    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", POOL, "--limit", "2"],
+                              env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "wb"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        done: list = []
+        while time.monotonic() < deadline and not done:
+            time.sleep(2)
+            done = asyncio.run(_completed_runs(api_url, "echo-every-5s"))
+        assert done, (tmp_path / "worker.log").read_text()[-3000:]
+        summaries = list((tmp_path / "results" / "scheduled-echo").glob("*/summary.json"))
+        assert summaries  # the experiment itself ran, in the worker's flow run
+    finally:
+        _stop(worker)
