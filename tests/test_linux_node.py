@@ -21,7 +21,9 @@ from nepi_prefect.transport.local import LocalTransport
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
-FINAL = (ResourceState.READY, ResourceState.FAILED)
+# A deployed node moves on to STARTED once its group's barrier opens.
+DEPLOYED = (ResourceState.READY, ResourceState.STARTED)
+FINAL = (*DEPLOYED, ResourceState.FAILED)
 
 
 def _ec(name: str) -> ExperimentController:
@@ -47,7 +49,7 @@ def test_deploy_resolves_home_and_layout(sshd):
         n = _node(ec, node_attrs(sshd))
         ec.deploy()
         assert ec.wait(n, FINAL, timeout=30)
-        assert ec.state(n) == ResourceState.READY
+        assert ec.state(n) in DEPLOYED
         node = ec.get_resource(n)
         home = os.path.expanduser("~")
         assert ec.get(n, "home") == home
@@ -64,7 +66,7 @@ def test_clean_experiment_removes_the_exp_dir(sshd, tmp_path):
     try:
         n = _node(ec, node_attrs(sshd, home=str(tmp_path), cleanExperiment=True))
         ec.deploy()
-        assert ec.wait(n, FINAL, timeout=30) and ec.state(n) == ResourceState.READY
+        assert ec.wait(n, FINAL, timeout=30) and ec.state(n) in DEPLOYED
         exp_home = ec.get_resource(n).exp_home
         assert os.path.isdir(exp_home)
     finally:
