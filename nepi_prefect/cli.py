@@ -147,7 +147,10 @@ def _limits(attr: Any) -> str:
     if attr.allowed:
         return "one of " + ", ".join(map(str, attr.allowed))
     if attr.range:
-        return f"{attr.range[0]}..{attr.range[1]}"
+        low, high = attr.range
+        if low is not None and high is not None:
+            return f"{low}..{high}"
+        return f">= {low}" if low is not None else f"<= {high}"
     return ""
 
 

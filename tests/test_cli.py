@@ -106,6 +106,9 @@ def test_run_client_server_example(prefect_server, tmp_path):
            - datetime.fromisoformat(times[2]["start_time"])).total_seconds()
     assert gap >= 1.0
     assert "COMPLETED" in proc.stdout and "client" in proc.stdout
+    # the server's output was collected into the run directory
+    server = [r for r in summary["resources"] if r["guid"] == 2][0]
+    assert Path(server["traces"]["stdout"]).read_text().strip() == "hello-from-client"
 
 
 @pytest.mark.prefect
@@ -117,7 +120,8 @@ def test_run_ping_example(prefect_server, tmp_path):
     summary = _summary(tmp_path, "ping")
     (ping,) = [r for r in summary["resources"] if r["rtype"] == "LinuxPing"]
     assert ping["state"] == "FINISHED"
-    assert ping["metrics"]["packet_loss_pct"] == 0
+    assert ping["metrics"]["packet_loss_pct"] == 0 and ping["metrics"]["packets_sent"] == 2
+    assert "packets transmitted" in Path(ping["traces"]["stdout"]).read_text()
 
 
 @pytest.mark.prefect

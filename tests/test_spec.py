@@ -243,3 +243,19 @@ def test_examples_are_valid(example):
     pytest.importorskip("nepi_prefect.resources.linux.ping")
     desc = read_description(f"examples/{example}")
     assert desc.resources
+
+
+def test_collect_adds_collectors_and_saves_back_as_collect(tmp_path, ec_kwargs):
+    pytest.importorskip("nepi_prefect.resources.all.collector")
+    path = _write(tmp_path, """
+        resources:
+          - {name: h, rtype: SpecHost, collect: [stdout]}
+    """)
+    ec = ExperimentController.load(str(path), **ec_kwargs)
+    try:
+        assert [ec.get_resource(g).get_rtype() for g in ec.resources] == ["SpecHost", "Collector"]
+        assert ec.get(2, "traceName") == "stdout" and ec.get_resource(2).connections == {1}
+        saved = read_description(ec.save(str(tmp_path / "saved.yaml")))
+        assert [(r.name, r.collect) for r in saved.resources] == [("h", ["stdout"])]
+    finally:
+        ec.shutdown()
