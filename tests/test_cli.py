@@ -139,3 +139,22 @@ def test_a_failing_experiment_exits_non_zero(prefect_server, tmp_path):
     assert "experiment FAILED" in proc.stderr
     summary = _summary(tmp_path, "failing")
     assert summary["state"] == "FAILED" and "LinuxApplication 2" in summary["failure"]
+
+
+@pytest.mark.prefect
+def test_sweep_file_from_the_cli(prefect_server, tmp_path):
+    proc = _run_cli(["sweep", "examples/ping_sweep.yaml", "--repeat", "1",
+                     "--results", str(tmp_path)], prefect_server.env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sweep: 4 runs" in proc.stdout
+    (csv_path,) = (tmp_path / "ping" / "sweeps").glob("sweep-*.csv")
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 5 and "ping.rtt_avg_ms" in lines[0]
+    assert len(list((tmp_path / "ping").glob("*/summary.json"))) == 4
+
+
+def test_sweep_needs_parameters(capsys):
+    assert main(["sweep", str(ROOT / "examples/ping.yaml")]) == 2
+    assert "nothing to sweep" in capsys.readouterr().err
+    assert main(["sweep", str(ROOT / "examples/ping.yaml"), "--param", "ping.count"]) == 2
+    assert "NAME.ATTR=V1,V2" in capsys.readouterr().err
