@@ -48,7 +48,10 @@ class LinuxMeasurement(LinuxApplication):
         self._stopping = False
 
     def on_finished(self, exitcode: int | None, stdout: str) -> None:
-        self._metrics.update(self.parse_results(exitcode, stdout))
+        try:
+            self._metrics.update(self.parse_results(exitcode, stdout))
+        except Exception as exc:  # bad output: the exit code decides the state, not the parser
+            self.warning(f"could not parse the results: {exc}")
         super().on_finished(exitcode, stdout)
 
     def parse_results(self, exitcode: int | None, stdout: str) -> dict[str, float]:
@@ -75,10 +78,7 @@ class LinuxMeasurement(LinuxApplication):
         node.monitor.unwatch(self)
         exitcode = self._signal_and_wait(node) if self._pid is not None else None
         self._final_stdout = self._read_text("stdout") or ""
-        try:
-            self.on_finished(exitcode, self._final_stdout)
-        except Exception as exc:  # a parse error must not keep the tool running
-            self.warning(f"could not parse the results: {exc}")
+        self.on_finished(exitcode, self._final_stdout)
         super().do_stop()
 
     def _signal_and_wait(self, node) -> int | None:
