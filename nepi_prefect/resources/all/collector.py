@@ -128,6 +128,7 @@ class Collector(ResourceManager):
         path = self.target_path(rm)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if not self._copy(rm, name, path):
+            _remove_if_empty(os.path.dirname(path))
             self.warning(f"trace {name!r} of {rm.get_rtype()} {rm.guid} "
                          f"({ResourceState2str.get(rm.state)}) does not exist; nothing collected")
             return None
@@ -154,6 +155,13 @@ class Collector(ResourceManager):
         with open(path, "wb") as out:
             out.write(data)
         return True
+
+
+def _remove_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass  # not empty: another trace of this RM is there
 
 
 def _remote_file(rm: ResourceManager, name: str):
