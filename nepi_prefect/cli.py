@@ -181,7 +181,6 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 # -- sweep ------------------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from nepi_prefect.flows_impl import sweep_flow
     from nepi_prefect.spec.io import parse_document, read_description, read_sweep
 
     path = _existing_file(args.description)
@@ -197,6 +196,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError("nothing to sweep: give --param NAME.ATTR=V1,V2,... or a sweep file")
     repeat = args.repeat or repeat
     conc = args.max_concurrency or conc
+    # Prefect is imported only now: it sets up its logging on import.
+    from nepi_prefect.flows_impl import sweep_flow
     result = sweep_flow(description=desc, grid=grid, points=points, repeat=repeat,
                         max_concurrency=conc, results_dir=results_root(args.results),
                         timeout=args.timeout)
