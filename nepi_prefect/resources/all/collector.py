@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.errors import AttributeValueError, UnknownTraceError
@@ -21,15 +22,16 @@ from nepi_prefect.execution.resource import (
     clsinit_copy,
 )
 from nepi_prefect.execution.trace import TraceAttr
+from nepi_prefect.transport.base import Transport
 
 #: bytes read from the host per request when copying a trace file
 CHUNK = 4 * 1024 * 1024
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
-def _check_name(what: str):
+def _check_name(what: str) -> Callable[[str | None, str | None], str | None]:
     """A set_hook that rejects names that would leave the results directory."""
-    def hook(_old, new):
+    def hook(_old: str | None, new: str | None) -> str | None:
         if new and (not all(_SAFE_NAME.match(p) for p in new.split("/")) or ".." in new.split("/")):
             raise AttributeValueError(f"attribute {what!r}: got {new!r}; use letters, digits, '.', '_', '-' (and '/')")
         return new
@@ -164,7 +166,7 @@ def _remove_if_empty(directory: str) -> None:
         pass  # not empty: another trace of this RM is there
 
 
-def _remote_file(rm: ResourceManager, name: str):
+def _remote_file(rm: ResourceManager, name: str) -> tuple[Transport, str] | None:
     """(transport, path) when the trace is a file on a node: copied byte for byte."""
     trace_path = getattr(rm, "trace_path", None)
     node = getattr(rm, "node", None)
@@ -174,7 +176,7 @@ def _remote_file(rm: ResourceManager, name: str):
     return (node.transport, path) if path else None
 
 
-def _download(transport, remote: str, local: str) -> bool:
+def _download(transport: Transport, remote: str, local: str) -> bool:
     """Copy a host file in chunks (pcaps can be large); False if it is missing."""
     offset = 0
     with open(local + ".part", "wb") as out:

@@ -15,9 +15,10 @@ import threading
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.application import LinuxApplication
+from nepi_prefect.resources.linux.node import LinuxNode
 
 
-def opt(flag: str, value) -> list[str]:
+def opt(flag: str, value: object) -> list[str]:
     """``[flag, value]`` shell-quoted, or nothing when the value is unset."""
     if value is None or value == "":
         return []
@@ -81,7 +82,7 @@ class LinuxMeasurement(LinuxApplication):
         self.on_finished(exitcode, self._final_stdout)
         super().do_stop()
 
-    def _signal_and_wait(self, node) -> int | None:
+    def _signal_and_wait(self, node: LinuxNode) -> int | None:
         """Send ``stop_signal`` to the process group; the exit code, or None if it hung."""
         sudo = "sudo -n " if self.get("sudo") and not node.is_root else ""
         home = shlex.quote(self._run_home)
