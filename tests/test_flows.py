@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
-import textwrap
 from pathlib import Path
 
 import pytest
