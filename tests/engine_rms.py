@@ -172,12 +172,40 @@ class LegacyApp(ResourceManager):
         return self._state
 
 
+@clsinit_copy
+class Host(ResourceManager):
+    """Takes what is connected to it along when released, and releases last."""
+
+    _rtype = "TestHost"
+
+    def release_after(self):
+        return sorted(self.connections)
+
+    def release_dependents(self):
+        return sorted(self.connections)
+
+
+@clsinit_copy
+class Job(ResourceManager):
+    """Runs on a Host; releases after any connected Watcher that is releasing too."""
+
+    _rtype = "TestJob"
+
+    def release_after(self):
+        return [rm.guid for rm in self.get_connected("TestWatcher")]
+
+
+@clsinit_copy
+class Watcher(ResourceManager):
+    _rtype = "TestWatcher"
+
+
 _lock = threading.Lock()
 
 
 def register_all() -> None:
     with _lock:
-        for cls in (Channel, Interface, Node, App, Trivial, Broken, LegacyApp):
+        for cls in (Channel, Interface, Node, App, Trivial, Broken, LegacyApp, Host, Job, Watcher):
             ResourceFactory.register_type(cls)
 
 

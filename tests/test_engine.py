@@ -385,6 +385,39 @@ def test_failing_release_still_ends_released(ec):
     assert ec.recorder.by_name(f"release-TestBroken-{broken}")[0].state == RunState.FAILED
 
 
+def test_release_order_and_dependents(ec):
+    host, watcher = add(ec, "TestHost"), add(ec, "TestWatcher")
+    jobs = [add(ec, "TestJob") for _ in range(3)]
+    for job in jobs:
+        ec.register_connection(job, host)
+        ec.register_connection(job, watcher)
+    ec.deploy()
+    ec.wait_started(jobs + [host, watcher])
+    # releasing one job does not wait for the watcher nobody releases
+    started = time.monotonic()
+    ec.release([jobs[0]])
+    assert time.monotonic() - started < 2
+    assert ec.state(jobs[0]) == S.RELEASED and ec.state(watcher) == S.STARTED
+    # releasing the host takes the jobs along, and the host goes last
+    ec.release([host])
+    rm = ec.get_resource
+    assert all(ec.state(j) == S.RELEASED for j in jobs)
+    assert rm(host).release_time >= max(rm(j).release_time for j in jobs)
+    assert ec.state(watcher) == S.STARTED
+
+
+def test_released_together_a_job_waits_for_its_watcher(ec):
+    watcher = add(ec, "TestWatcher")
+    jobs = [add(ec, "TestJob") for _ in range(5)]
+    for job in jobs:
+        ec.register_connection(job, watcher)
+    ec.deploy()
+    ec.wait_started(jobs)
+    ec.release()
+    rm = ec.get_resource
+    assert all(rm(j).release_time >= rm(watcher).release_time for j in jobs)
+
+
 def test_waits_return_when_the_experiment_fails(ec):
     node, app = connect_app(ec)  # would run forever
     result = {}

@@ -815,7 +815,8 @@ class ExperimentController:
     def release(self, guids=None) -> None:
         """Release the RMs (default: all) and wait until they are RELEASED."""
         rms = self._rms(guids) if guids not in (None, []) else list(self._resources.values())
-        self._release_async([rm.guid for rm in rms])
+        releasing = set(self._release_async([rm.guid for rm in rms]))
+        rms += [self._resources[g] for g in releasing - {rm.guid for rm in rms}]
         if not self._wait([rm.guid for rm in rms], (S.RELEASED,), self._release_timeout,
                           stop_when_finished=False):
             stuck = [rm for rm in rms if rm._rm_state != S.RELEASED]
@@ -824,21 +825,30 @@ class ExperimentController:
             for rm in stuck:
                 rm.set_released()
 
-    def _release_async(self, guids: list[int]) -> None:
-        """Schedule the release of ``guids``; an RM waits for those it must outlive."""
+    def _release_async(self, guids: list[int]) -> list[int]:
+        """Schedule the release of ``guids`` and of the RMs they take along
+        (``release_dependents``); returns every guid now releasing.
+
+        An RM waits for those of its ``release_after()`` RMs that are being
+        released too; one that stays (a Collector of other apps) is not waited for.
+        """
         todo = []
         with self._lock:
-            for guid in guids:
-                rm = self._resources[guid]
+            queue = collections.deque(guids)
+            while queue:
+                rm = self._resources[queue.popleft()]
                 if rm._releasing or rm._rm_state == S.RELEASED:
                     continue
                 rm._releasing = True
                 todo.append(rm)
+                queue.extend(g for g in rm.release_dependents() if g in self._resources)
         for rm in todo:
             run = self._new_run("release", rm, [])
-            after = [g for g in rm.release_after()
-                     if g in self._resources and self._resources[g]._rm_state != S.RELEASED]
+            after = [g for g in rm.release_after() if g in self._resources
+                     and self._resources[g]._releasing
+                     and self._resources[g]._rm_state != S.RELEASED]
             self._wait_then_release(rm, run, after)
+        return [rm.guid for rm in todo]
 
     def _wait_then_release(self, rm: ResourceManager, run: ActionRun, after: list[int]) -> None:
         if not after:

@@ -511,7 +511,11 @@ class ResourceManager:
         self.set_failed()
 
     def release_after(self) -> list[int]:
-        """Guids that must be released before this RM (e.g. a node after its apps)."""
+        """Guids released before this RM when both are released (a node after its apps)."""
+        return []
+
+    def release_dependents(self) -> list[int]:
+        """Guids that cannot outlive this RM: releasing it releases them too."""
         return []
 
     # -- logging -------------------------------------------------------------------

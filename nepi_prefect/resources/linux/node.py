@@ -233,6 +233,10 @@ class LinuxNode(ResourceManager):
         """Every RM connected to the node releases before it."""
         return sorted(self.connections)
 
+    def release_dependents(self) -> list[int]:
+        """What runs on the node is released with it, so no process outlives it."""
+        return sorted(self.connections)
+
     def do_release(self) -> None:
         try:
             if self._monitor is not None:
