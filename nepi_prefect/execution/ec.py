@@ -737,6 +737,11 @@ class ExperimentController:
         else:
             rm.warning("FAILED; it is not critical, the experiment goes on")
 
+    def abort(self, reason: str) -> None:
+        """Fail the experiment now (e.g. a timeout ran out): pending actions are
+        cancelled, every RM is released, and every wait returns."""
+        self._abort(reason)
+
     def _abort(self, reason: str) -> None:
         """Fail the experiment: stop pending work and release every RM."""
         with self._lock:

@@ -20,12 +20,15 @@ from typing import Any, Callable
 
 import orjson
 
+from nepi_prefect.execution.recording import RunState
 from nepi_prefect.orchestration import server
 from nepi_prefect.orchestration.events import Snapshot, TaskRunEvents, log_record
 
 log = logging.getLogger("nepi_prefect.orchestration")
 
 FLOW_NAME = "nepi-experiment"
+WINDOW = 4000          # task-run events in flight before we wait for the server
+LOADED = 200           # snapshots in one batch beyond which superseded states are folded
 BATCH = 500            # events or log records per request
 LINGER = 0.05          # seconds to let a batch fill before shipping it
 RETRY_MAX = 5.0        # seconds between attempts while the API is unreachable
@@ -85,6 +88,11 @@ class Shipper(threading.Thread):
         self._builder: TaskRunEvents | None = None
         self._deadline: float | None = None           # set once closing
         self._closing: Closing | None = None
+        self._sent = 0                                # events posted
+        self._acked = 0                               # events the server has (about) processed
+        self._seen: set[uuid.UUID] = set()
+        self._first_events: list[int] = []            # stream position (1-based) of each run's first event
+        self._baseline = 0
 
     # -- the thread -------------------------------------------------------------------
     def run(self) -> None:
@@ -132,10 +140,7 @@ class Shipper(threading.Thread):
         if kind == "run":
             snap: Snapshot = item[1]
             self.expected[snap.id] = snap.state.value
-            if self._builder is not None:
-                self._events.append(self._builder.event(snap))
-            else:
-                self._events.append(snap)  # turned into an event once connected
+            self._events.append(snap)   # turned into an event when shipped
         elif kind == "log":
             _, run_id, logger, level, message, at = item
             self._logs.append((run_id, logger, level, message, at))
@@ -156,8 +161,7 @@ class Shipper(threading.Thread):
         flow_run_id, flow_id = self._open_flow_run()
         self.outcome.flow_run_id = flow_run_id
         self._builder = TaskRunEvents(flow_run_id, flow_id, tgt.tags)
-        self._events = [self._builder.event(e) if isinstance(e, Snapshot) else e
-                        for e in self._events]
+        self._baseline = self._count_task_runs()
 
     def _open_flow_run(self) -> tuple[uuid.UUID, uuid.UUID | None]:
         from prefect.states import Running
@@ -185,12 +189,20 @@ class Shipper(threading.Thread):
     # -- shipping -----------------------------------------------------------------------
     def _ship(self) -> None:
         started = time.perf_counter()
-        while self._events:
-            batch = self._events[:BATCH]
+        events: list[dict[str, Any]] = []
+        for snap in coalesce(self._events):
+            if snap.id not in self._seen:
+                self._seen.add(snap.id)
+                self._first_events.append(self._sent + len(events) + 1)
+            events.append(self._builder.event(snap))
+        self._events = []
+        while events:
+            batch = events[:BATCH]
+            self._wait_for_room(len(batch))
             if not self._retrying("send task-run events", self._post, "/events", batch):
-                self._events = []
                 break
-            del self._events[:len(batch)]
+            self._sent += len(batch)
+            del events[:len(batch)]
         while self._logs:
             batch = [self._log_json(item) for item in self._logs[:BATCH]]
             if not self._retrying("send log lines", self._post, "/logs/", batch):
@@ -198,6 +210,31 @@ class Shipper(threading.Thread):
                 break
             del self._logs[:len(batch)]
         self.outcome.ship_seconds += time.perf_counter() - started
+
+    def _wait_for_room(self, n: int) -> None:
+        """Back-pressure. The server queues events in memory (10000 per consumer) and drops
+        the overflow; its task-run recorder may write them one by one. Keep at most WINDOW
+        events in flight, judging progress by how many of our task runs it has created."""
+        delay = 0.05
+        while self._sent + n - self._acked > WINDOW:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                return
+            try:
+                created = self._count_task_runs() - self._baseline
+            except Exception:
+                created = 0
+            if 0 < created <= len(self._first_events):
+                self._acked = max(self._acked, self._first_events[created - 1])
+            if self._sent + n - self._acked > WINDOW:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                self._collect(block=False)
+
+    def _count_task_runs(self) -> int:
+        response = self._client._client.post(
+            "/task_runs/count", json={"flow_runs": {"id": {"any_": [str(self.outcome.flow_run_id)]}}})
+        response.raise_for_status()
+        return int(response.json())
 
     def _log_json(self, item: tuple) -> dict[str, Any]:
         run_id, logger, level, message, at = item
@@ -280,6 +317,21 @@ class Shipper(threading.Thread):
                 if run.state_type is not None and run.state_type.value == left.get(run.id):
                     del left[run.id]
         return left
+
+
+def coalesce(snaps: list[Snapshot]) -> list[Snapshot]:
+    """Under load, fold the states a run went through before it was shipped.
+
+    A batch of up to LOADED snapshots is shipped whole (full state history). Beyond,
+    only the last state of each run is kept, plus Scheduled (the delay) and Running
+    ones; the task run keeps its start and end times either way.
+    """
+    if len(snaps) <= LOADED:
+        return snaps
+    last = {snap.id: i for i, snap in enumerate(snaps)}
+    heavy = len(snaps) > 4 * LOADED
+    keep = {RunState.SCHEDULED} if heavy else {RunState.SCHEDULED, RunState.RUNNING}
+    return [snap for i, snap in enumerate(snaps) if last[snap.id] == i or snap.state in keep]
 
 
 def _experiment() -> None:
