@@ -365,6 +365,17 @@ def test_critical_failure_fails_the_experiment_and_releases_everything():
     assert ec.recorder.closed["state"] == "FAILED"
 
 
+def test_abort_fails_and_releases(ec):
+    node, app = connect_app(ec)
+    ec.deploy()
+    ec.wait_started(app)
+    ec.abort("the user gave up")
+    assert ec.ecstate == ECState.FAILED and ec.failure == "the user gave up"
+    assert ec.wait_finished(app, timeout=1)
+    ec.release()
+    assert ec.state(app) == S.RELEASED
+
+
 def test_non_critical_failure_leaves_the_rest_running(ec):
     node, app = connect_app(ec, duration=0.5)
     broken = add(ec, "TestBroken", failIn="start", critical=False)

@@ -65,7 +65,7 @@ def run_experiment(ec: ExperimentController, timeout: float | str | None = None,
         _wait(ec, guids, limit, on_tick, tick)
     except BaseException as exc:
         # Ctrl-C or a crash: the experiment is over; release what was deployed.
-        _fail(ec, f"interrupted: {type(exc).__name__}: {exc}".rstrip(": "))
+        ec.abort(f"interrupted: {type(exc).__name__}: {exc}".rstrip(": "))
         raise
     finally:
         ec.shutdown()
@@ -85,14 +85,8 @@ def _wait(ec: ExperimentController, guids: list[int], limit: float | None,
         if done:
             return
         if limit is not None and elapsed > limit:
-            _fail(ec, f"timed out after {limit:g}s waiting for guids {guids}")
+            ec.abort(f"timed out after {limit:g}s waiting for guids {guids}")
             return
-
-
-def _fail(ec: ExperimentController, reason: str) -> None:
-    # The EC has no public abort; _abort is what a critical failure uses:
-    # it marks the experiment FAILED with ``reason`` and releases every RM.
-    ec._abort(reason)
 
 
 def named_summary(ec: ExperimentController) -> dict[str, Any]:
