@@ -9,6 +9,7 @@ A slow or unreachable API delays this thread, never the experiment.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -90,9 +91,8 @@ class Shipper(threading.Thread):
         self._closing: Closing | None = None
         self._sent = 0                                # events posted
         self._acked = 0                               # events the server has (about) processed
-        self._seen: set[uuid.UUID] = set()
-        self._first_events: list[int] = []            # stream position (1-based) of each run's first event
-        self._baseline = 0
+        #: (events sent up to it, task run id, state timestamp) of each batch's last event
+        self._checkpoints: collections.deque[tuple[int, uuid.UUID, datetime]] = collections.deque()
 
     # -- the thread -------------------------------------------------------------------
     def run(self) -> None:
@@ -161,7 +161,6 @@ class Shipper(threading.Thread):
         flow_run_id, flow_id = self._open_flow_run()
         self.outcome.flow_run_id = flow_run_id
         self._builder = TaskRunEvents(flow_run_id, flow_id, tgt.tags)
-        self._baseline = self._count_task_runs()
 
     def _open_flow_run(self) -> tuple[uuid.UUID, uuid.UUID | None]:
         from prefect.states import Running
@@ -189,12 +188,7 @@ class Shipper(threading.Thread):
     # -- shipping -----------------------------------------------------------------------
     def _ship(self) -> None:
         started = time.perf_counter()
-        events: list[dict[str, Any]] = []
-        for snap in coalesce(self._events):
-            if snap.id not in self._seen:
-                self._seen.add(snap.id)
-                self._first_events.append(self._sent + len(events) + 1)
-            events.append(self._builder.event(snap))
+        events = [self._builder.event(snap) for snap in coalesce(self._events)]
         self._events = []
         while events:
             batch = events[:BATCH]
@@ -202,6 +196,9 @@ class Shipper(threading.Thread):
             if not self._retrying("send task-run events", self._post, "/events", batch):
                 break
             self._sent += len(batch)
+            last = batch[-1]["resource"]["prefect.resource.id"].rpartition(".")[2]
+            self._checkpoints.append((self._sent, uuid.UUID(last),
+                                      datetime.fromisoformat(batch[-1]["occurred"])))
             del events[:len(batch)]
         while self._logs:
             batch = [self._log_json(item) for item in self._logs[:BATCH]]
@@ -213,28 +210,34 @@ class Shipper(threading.Thread):
 
     def _wait_for_room(self, n: int) -> None:
         """Back-pressure. The server queues events in memory (10000 per consumer) and drops
-        the overflow; its task-run recorder may write them one by one. Keep at most WINDOW
-        events in flight, judging progress by how many of our task runs it has created."""
+        the overflow, and its task-run recorder may write them one by one. Keep at most
+        WINDOW events in flight; a batch's last event, seen on the server, acknowledges it."""
         delay = 0.05
-        while self._sent + n - self._acked > WINDOW:
+        while self._sent + n - self._acked > WINDOW and self._checkpoints:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 return
             try:
-                created = self._count_task_runs() - self._baseline
+                self._acknowledge()
             except Exception:
-                created = 0
-            if 0 < created <= len(self._first_events):
-                self._acked = max(self._acked, self._first_events[created - 1])
+                pass
             if self._sent + n - self._acked > WINDOW:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 self._collect(block=False)
 
-    def _count_task_runs(self) -> int:
-        response = self._client._client.post(
-            "/task_runs/count", json={"flow_runs": {"id": {"any_": [str(self.outcome.flow_run_id)]}}})
-        response.raise_for_status()
-        return int(response.json())
+    def _acknowledge(self) -> None:
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
+
+        probe = list(self._checkpoints)[:20]
+        runs = self._client.read_task_runs(
+            task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=[cp[1] for cp in probe])))
+        stamps = {run.id: run.state.timestamp for run in runs if run.state is not None}
+        while self._checkpoints:
+            position, run_id, stamp = self._checkpoints[0]
+            if run_id not in stamps or stamps[run_id] < stamp:
+                return
+            self._acked = position
+            self._checkpoints.popleft()
 
     def _log_json(self, item: tuple) -> dict[str, Any]:
         run_id, logger, level, message, at = item
