@@ -280,9 +280,11 @@ class Shipper(threading.Thread):
             self._retrying("set the flow run's final state", self._final_state, closing)
 
     def _artifact(self, artifact: dict[str, Any]) -> None:
-        from prefect.client.schemas.actions import ArtifactCreate
-
-        self._client.create_artifact(ArtifactCreate(flow_run_id=self.outcome.flow_run_id, **artifact))
+        # A plain POST: the client's create_artifact also emits an event through Prefect's
+        # EventsWorker, a thread that cannot start at interpreter exit (abandoned runs).
+        response = self._client._client.post(
+            "/artifacts/", json={**artifact, "flow_run_id": str(self.outcome.flow_run_id)})
+        response.raise_for_status()
 
     def _final_state(self, closing: Closing) -> None:
         from prefect.client.schemas.objects import State, StateType

@@ -31,6 +31,7 @@ ATTACH_MODES = ("auto", "current", "subflow", "new")
 #: seconds close() waits for the record to be confirmed on the server
 TIMEOUT_ENV = "NEPI_PREFECT_RECORD_TIMEOUT"
 DEFAULT_TIMEOUT = 120.0
+ABANDON_TIMEOUT = 30.0
 
 
 class PrefectRecorder(Recorder):
@@ -57,6 +58,12 @@ class PrefectRecorder(Recorder):
 
     # -- the Recorder interface ----------------------------------------------------------
     def open(self, ec: "ExperimentController") -> None:
+        # Imported here, in the main thread, because they register atexit hooks on import:
+        # if the background thread imported it during interpreter exit (a Ctrl-C while
+        # Prefect is still loading), the import would fail and the record with it.
+        import concurrent.futures.process  # noqa: F401
+        import concurrent.futures.thread  # noqa: F401
+
         self._redact = getattr(ec, "_redact", _same)
         target = self._target(ec)
         self._shipper = Shipper(target)
@@ -77,6 +84,7 @@ class PrefectRecorder(Recorder):
                                      level, message, datetime.now(timezone.utc)))
 
     def abandon(self, ec: "ExperimentController", reason: str) -> None:
+        self.timeout = min(self.timeout, ABANDON_TIMEOUT)  # the process is on its way out
         if _interrupted():
             self._abandoned = ("CANCELLED", f"interrupted (Ctrl-C): {reason}")
         else:
