@@ -493,6 +493,19 @@ def test_action_runs_record_edges_and_delays(ec):
     assert start2.state == RunState.COMPLETED and barrier.state == RunState.COMPLETED
 
 
+def test_stop_condition_edge_points_at_the_start_it_waits_for(ec):
+    node, server = connect_app(ec)
+    client = add(ec, "TestApp", duration=0.2)
+    ec.register_connection(client, node)
+    # the server is registered (and planned) before the client it waits for
+    ec.register_condition(server, ResourceAction.STOP, client, S.STARTED, "100ms")
+    ec.deploy()
+    ec.wait([server], states=[S.STOPPED])
+    stop = ec.recorder.by_name(f"stop-TestApp-{server}")[0]
+    assert [r.name for r in stop.upstream] == [f"start-TestApp-{client}"]
+    assert stop.state == RunState.COMPLETED
+
+
 def test_secrets_never_reach_logs(ec, caplog):
     node = add(ec, "TestNode", hostname="h", password="hunter2-secret")
     ec.get_resource(node).info("connecting with hunter2-secret")

@@ -461,8 +461,11 @@ class ExperimentController:
         use_barrier = wait_all_ready and not grp.open
         if use_barrier:
             self._join_barrier(grp, rms, deploy_runs)
+        # Every start is planned before any stop, so that a STOP condition's
+        # edge points at the start run it really waits for.
         for rm in rms:
             self._plan(rm, "start", grp if use_barrier else None)
+        for rm in rms:
             if rm.conditions.get(ResourceAction.STOP):
                 self._plan(rm, "stop", None)
         for rm in rms:
