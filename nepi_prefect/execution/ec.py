@@ -653,7 +653,7 @@ class ExperimentController:
             if owner is not None:
                 self._rm_raised(owner, task.result)
             else:
-                self._logger.error("scheduled task %s raised:\n%s", task.id, self._redact(task.result))
+                self._logger.error("scheduled task %s raised:\n%s", task.id, self.redact(task.result))
         finally:
             self._local.owner = None
 
@@ -942,14 +942,15 @@ class ExperimentController:
         except OSError as exc:
             self._logger.warning("could not write the run summary in %s: %s", self.run_dir, exc)
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """``text`` with every Credential attribute value of this experiment masked."""
         for secret in self._secrets:
             if secret and secret in text:
                 text = text.replace(secret, "********")
         return text
 
     def _log_for(self, rm: ResourceManager | None, level: int, text: str) -> None:
-        text = self._redact(text)
+        text = self.redact(text)
         logger = rm.logger if rm is not None else self._logger
         logger.log(level, text)
         if level >= self._recorder.log_level:

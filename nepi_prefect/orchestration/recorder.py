@@ -64,7 +64,7 @@ class PrefectRecorder(Recorder):
         import concurrent.futures.process  # noqa: F401
         import concurrent.futures.thread  # noqa: F401
 
-        self._redact = getattr(ec, "_redact", _same)
+        self._redact = ec.redact
         target = self._target(ec)
         self._shipper = Shipper(target)
         self._shipper.start()
