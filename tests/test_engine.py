@@ -427,6 +427,9 @@ def test_released_together_a_job_waits_for_its_watcher(ec):
     ec.release()
     rm = ec.get_resource
     assert all(rm(j).release_time >= rm(watcher).release_time for j in jobs)
+    release_watcher = ec.recorder.by_name(f"release-TestWatcher-{watcher}")[0]
+    for job in jobs:  # the release order is recorded as edges too
+        assert ec.recorder.by_name(f"release-TestJob-{job}")[0].upstream == [release_watcher]
 
 
 def test_waits_return_when_the_experiment_fails(ec):

@@ -850,13 +850,18 @@ class ExperimentController:
                 rm._releasing = True
                 todo.append(rm)
                 queue.extend(g for g in rm.release_dependents() if g in self._resources)
+        runs = {rm.guid: self._new_run("release", rm, []) for rm in todo}
         for rm in todo:
-            run = self._new_run("release", rm, [])
             after = [g for g in rm.release_after() if g in self._resources
                      and self._resources[g]._releasing
                      and self._resources[g]._rm_state != S.RELEASED]
+            run = runs[rm.guid]
+            run.upstream = [r for g in after
+                            if (r := runs.get(g) or self._latest.get((g, "release")))]
+            if run.upstream:
+                self._recorder.action_changed(run)
             self._wait_then_release(rm, run, after)
-        return [rm.guid for rm in todo]
+        return list(runs)
 
     def _wait_then_release(self, rm: ResourceManager, run: ActionRun, after: list[int]) -> None:
         if not after:
