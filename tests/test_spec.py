@@ -259,3 +259,17 @@ def test_collect_adds_collectors_and_saves_back_as_collect(tmp_path, ec_kwargs):
         assert [(r.name, r.collect) for r in saved.resources] == [("h", ["stdout"])]
     finally:
         ec.shutdown()
+
+
+def test_the_run_waits_for_what_finishes_by_itself():
+    from nepi_prefect.execution.recording import Recorder
+    from nepi_prefect.spec.run import wait_set
+
+    ec = ExperimentController(recorder=Recorder())
+    try:
+        guids = {rtype: ec.register_resource(rtype)
+                 for rtype in ("LinuxNode", "LinuxPing", "LinuxApplication", "LinuxTcpdump",
+                               "Collector", "SpecHost")}
+        assert sorted(wait_set(ec)) == sorted([guids["LinuxPing"], guids["LinuxApplication"]])
+    finally:
+        ec.shutdown()

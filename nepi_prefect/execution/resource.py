@@ -128,6 +128,9 @@ class ResourceManager:
     _backend = ""
     _attributes: dict[str, Attribute] = {}
     _traces: dict[str, Trace] = {}
+    #: True for RMs that reach FINISHED on their own (applications); False for
+    #: those that stay up until stopped or released (nodes, captures, collectors)
+    _finishes_by_itself = False
 
     # -- class templates -------------------------------------------------
     @classmethod
@@ -184,6 +187,11 @@ class ResourceManager:
         return cls._platform or cls._backend
 
     get_backend = get_platform
+
+    @classmethod
+    def finishes_by_itself(cls) -> bool:
+        """Whether an experiment waiting for its end should wait for this RM."""
+        return cls._finishes_by_itself
 
     @classmethod
     def get_attributes(cls) -> list[Attribute]:

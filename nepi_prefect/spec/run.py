@@ -17,27 +17,20 @@ from nepi_prefect.execution.resource import ResourceState2str
 from nepi_prefect.spec.io import resource_names, save_experiment, source_description
 from nepi_prefect.util.timefuncs import parse_delay
 
-#: rtypes (or bases) that never end by themselves: nodes stay up, collectors
-#: collect at release, captures run until stopped
-_ENDLESS_SUFFIXES = ("Node", "Collector", "Tcpdump")
-
 #: progress callback: (ec, elapsed seconds) on every tick
 Tick = Callable[[ExperimentController, float], None]
 
 
 def wait_set(ec: ExperimentController) -> list[int]:
     """The guids whose end ends the run: the description's ``wait_for``, else every
-    resource that can finish by itself (not a node, collector or capture)."""
+    resource whose type finishes by itself (applications, not nodes, collectors
+    or captures). Empty when nothing does: the run then ends once all started."""
     desc = source_description(ec)
     if desc is not None and desc.wait_for:
         by_name = {n: g for g, n in resource_names(ec).items()}
         return [by_name[n] for n in desc.wait_for]
-    guids = []
-    for guid in ec.resources:
-        chain = type(ec.get_resource(guid))._rtype_chain()
-        if not any(r.endswith(_ENDLESS_SUFFIXES) for r in chain):
-            guids.append(guid)
-    return guids
+    return [guid for guid in ec.resources
+            if type(ec.get_resource(guid)).finishes_by_itself()]
 
 
 def state_counts(ec: ExperimentController) -> dict[str, int]:
@@ -62,7 +55,7 @@ def run_experiment(ec: ExperimentController, timeout: float | str | None = None,
     try:
         save_experiment(ec, os.path.join(ec.run_dir, "experiment.yaml"))
         ec.deploy()
-        _wait(ec, guids, limit, on_tick, tick)
+        _wait(ec, guids or ec.resources, limit, on_tick, tick, started_only=not guids)
     except BaseException as exc:
         # Ctrl-C or a crash: the experiment is over; release what was deployed.
         ec.abort(f"interrupted: {type(exc).__name__}: {exc}".rstrip(": "))
@@ -75,10 +68,11 @@ def run_experiment(ec: ExperimentController, timeout: float | str | None = None,
 
 
 def _wait(ec: ExperimentController, guids: list[int], limit: float | None,
-          on_tick: Tick | None, tick: float) -> None:
+          on_tick: Tick | None, tick: float, started_only: bool = False) -> None:
+    wait = ec.wait_started if started_only else ec.wait_finished
     start = time.monotonic()
     while True:
-        done = ec.wait_finished(guids, timeout=tick)
+        done = wait(guids, timeout=tick)
         elapsed = time.monotonic() - start
         if on_tick:
             on_tick(ec, elapsed)

@@ -47,6 +47,7 @@ class LinuxApplication(ResourceManager):
     _rtype = "LinuxApplication"
     _help = "Runs a command on a LinuxNode, detached from the SSH session; traces its output."
     _platform = "linux"
+    _finishes_by_itself = True
 
     @classmethod
     def _register_attributes(cls) -> None:

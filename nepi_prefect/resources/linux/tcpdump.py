@@ -18,6 +18,7 @@ class LinuxTcpdump(LinuxMeasurement):
     packets_captured, packets_received_by_filter, packets_dropped_by_kernel."""
 
     _rtype = "LinuxTcpdump"
+    _finishes_by_itself = False  # a capture runs until it is stopped
     _help = ("Captures packets with tcpdump (under sudo unless root) into the 'pcap' trace; "
              "stopping it flushes the file; metrics: packets_captured, "
              "packets_received_by_filter, packets_dropped_by_kernel")
