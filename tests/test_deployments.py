@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.prefect_api import _free_port, _server_env, _stop, _wait_healthy
+from tests.fixtures.prefect_api import free_port, launch_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -27,25 +27,18 @@ pytestmark = pytest.mark.prefect
 def scheduling_server():
     """A Prefect server whose scheduler wakes every second."""
     home = Path(tempfile.mkdtemp(prefix="nepi-prefect-sched-"))
-    port = _free_port()
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = _server_env(home, api_url)
-    env.update(PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-               PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false")
-    log = home / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    proc = launch_server(home, port, extra_env={
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"})
     try:
-        _wait_healthy(api_url, proc, log)
         client_env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
         client_env.update(PREFECT_API_URL=api_url, PREFECT_HOME=str(home / "client"),
                           PREFECT_SERVER_ANALYTICS_ENABLED="false")
         yield api_url, client_env
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def _prefect(args: list[str], env: dict, timeout: float = 120) -> str:
@@ -103,4 +96,4 @@ def test_scheduled_deployment_runs_on_a_process_worker(scheduling_server, tmp_pa
         summaries = list((tmp_path / "results" / "scheduled-echo").glob("*/summary.json"))
         assert summaries  # the experiment itself ran, in the worker's flow run
     finally:
-        _stop(worker)
+        stop_server(worker)
