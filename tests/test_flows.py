@@ -141,3 +141,18 @@ def test_converge_flow(prefect_server, tmp_path):
                            metric="ping.packet_loss_pct", min_runs=2, max_runs=3,
                            relative_ci=1.0, results_dir=str(tmp_path))
     assert 2 <= result["runs"] <= 3 and len(result["samples"]) == result["runs"]
+
+
+def test_experiment_flow_parameters_render_as_a_form():
+    """Prefect builds the run form from this schema: the description is a typed model."""
+    from prefect.utilities.callables import parameter_schema
+
+    from nepi_prefect.flows_impl import experiment_flow, sweep_flow
+
+    for flow_ in (experiment_flow, sweep_flow):
+        schema = parameter_schema(flow_.fn).model_dump()
+        ref = schema["properties"]["description"]["anyOf"][0]["$ref"]
+        assert ref == "#/definitions/ExperimentDescription"
+        model = schema["definitions"]["ExperimentDescription"]
+        assert {"resources", "connections", "conditions"} <= set(model["properties"])
+        assert "ResourceSpec" in schema["definitions"]
