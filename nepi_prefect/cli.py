@@ -31,6 +31,7 @@ def _consoles() -> None:
     out = Console(width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -45,8 +46,11 @@ def results_root(arg: str | None = None) -> str:
         arg or os.environ.get("NEPI_PREFECT_RESULTS") or "~/.nepi-prefect/experiments"))
 
 
-def make_recorder(kind: str, attach: str = "auto") -> Any:
-    """The recorder named on the command line."""
+def make_recorder(kind: str | None, attach: str = "auto") -> Any:
+    """The recorder named on the command line (None: the engine's configured default)."""
+    if kind is None:
+        from nepi_prefect.execution.recording import default_recorder
+        return default_recorder()
     if kind == "none":
         from nepi_prefect.execution.recording import Recorder
         return Recorder()
@@ -287,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", cmd_run, "run one experiment, recorded in Prefect")
     common(p)
-    p.add_argument("--recorder", choices=("prefect", "none"), default="prefect",
-                   help="record the run as a Prefect flow run (default) or not at all")
+    p.add_argument("--recorder", choices=("prefect", "none"), default=None,
+                   help="record the run as a Prefect flow run, or not at all "
+                        "(default: $NEPI_PREFECT_RECORDER, else prefect)")
     p.add_argument("--timeout", help='fail the experiment after this long, e.g. "5m"')
     p.add_argument("--results", metavar="DIR", help="results directory")
 

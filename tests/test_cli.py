@@ -109,6 +109,15 @@ def test_run_client_server_example(prefect_server, tmp_path):
     # the server's output was collected into the run directory
     server = [r for r in summary["resources"] if r["guid"] == 2][0]
     assert Path(server["traces"]["stdout"]).read_text().strip() == "hello-from-client"
+    # by default the run is recorded in Prefect: one flow run, named from exp_id and run_id
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    name = f"{summary['exp_id']}-{summary['run_id']}"
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+    assert len(runs) == 1 and runs[0].state.is_completed()
 
 
 @pytest.mark.prefect
