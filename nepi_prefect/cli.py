@@ -119,6 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_experiment(ec, timeout=args.timeout, on_tick=tick)
     out.print(summary_table(summary))
     out.print(f"results: {summary['run_dir']}")
+    for res in summary["resources"]:
+        if res.get("failure"):
+            err.print(f"[red]{res.get('name') or res['guid']}[/red] ({res['rtype']} {res['guid']}) "
+                      f"failed: {res['failure']}", markup=True, highlight=False)
     if not ended_well(summary):
         err.print(f"[red]experiment FAILED[/red]: {summary.get('failure')}")
         return EXIT_FAILED

@@ -146,6 +146,8 @@ def test_a_failing_experiment_exits_non_zero(prefect_server, tmp_path):
     proc = _run_cli(["run", str(desc), "--results", str(tmp_path)], prefect_server.env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "experiment FAILED" in proc.stderr
+    assert "app (LinuxApplication 2) failed: LinuxApplication 2: command exited with code 3" \
+        in proc.stderr
     summary = _summary(tmp_path, "failing")
     assert summary["state"] == "FAILED" and "LinuxApplication 2" in summary["failure"]
 

@@ -266,6 +266,7 @@ def test_condition_on_failed_rm_fails_the_dependent(ec):
     assert ec.ecstate == ECState.RUNNING
     messages = [m for _, _, m in ec.recorder.logs if f"guid {app} " in m]
     assert any(f"TestBroken {broken} FAILED" in m for m in messages)
+    assert f"TestBroken {broken} FAILED" in ec.get_resource(app).failure
 
 
 def test_unregister_condition(ec):
@@ -356,6 +357,7 @@ def test_critical_failure_fails_the_experiment_and_releases_everything():
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert ec.get_resource(broken).failed_time is not None
+        assert ec.get_resource(broken).failure == "RuntimeError: deploy exploded on purpose"
         runs = ec.recorder.by_name(f"deploy-TestBroken-{broken}")
         assert runs and runs[0].state == RunState.FAILED
         tracebacks = [m for _, _, m in ec.recorder.logs if "deploy exploded on purpose" in m]

@@ -569,6 +569,7 @@ class ExperimentController:
                 self._schedule_action(rm, pending.kind, pending.run, detail)
         elif outcome == "fail" and self._state == ECState.RUNNING:
             rm.error(detail)
+            rm.failure = rm.failure or f"{rm.get_rtype()} {rm.guid}: {detail}"
             if pending.run is not None:
                 pending.run.message = detail
             self._schedule_callback(functools.partial(self._fail_rm, rm), tnow(), owner=rm)
@@ -661,6 +662,8 @@ class ExperimentController:
         rm.error(f"failed:\n{tb}")
         if rm._rm_state in (S.FAILED, S.RELEASED):
             return
+        if not rm.failure:  # the exception's own line: "TransportError: ... exit code 8: ..."
+            rm.failure = self.redact(tb.strip().splitlines()[-1])
         try:
             rm.fail()
         except Exception:
@@ -933,6 +936,7 @@ class ExperimentController:
             resources.append({
                 "guid": guid, "rtype": rm.get_rtype(), "state": self.outcome(rm),
                 "times": times, "traces": dict(rm.collected), "metrics": rm.get_metrics(),
+                "failure": rm.failure,
             })
         return {"exp_id": self._exp_id, "run_id": self._run_id,
                 "state": "FAILED" if self._failure else "COMPLETED",

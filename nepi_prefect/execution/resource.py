@@ -231,6 +231,9 @@ class ResourceManager:
         self.collected: dict[str, str] = {}
         #: measured figures (e.g. ping's rtt_avg_ms), filled by measurement RMs
         self._metrics: dict[str, float] = {}
+        #: why the RM FAILED, in one line: set by the RM itself, or by the EC from the
+        #: exception an action raised or the condition that can never hold
+        self.failure: str | None = None
         self._rm_state = ResourceState.NEW
         self._discover_time: datetime | None = None
         self._provision_time: datetime | None = None

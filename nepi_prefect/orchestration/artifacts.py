@@ -20,6 +20,7 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             row[f"{name}_time"] = times.get(f"{name}_time")
         row["traces"] = ", ".join(f"{k}: {v}" for k, v in sorted(res.get("traces", {}).items()))
         row["metrics"] = ", ".join(f"{k}={v}" for k, v in sorted(res.get("metrics", {}).items()))
+        row["failure"] = res.get("failure") or ""
         rows.append(row)
     return rows
 

@@ -89,8 +89,6 @@ class LinuxApplication(ResourceManager):
         self._app_home: str | None = None
         self._pid: int | None = None
         self._final_stdout: str | None = None
-        #: why the app failed, for users and tests
-        self.failure: str | None = None
 
     # -- neighbours and places -----------------------------------------------------
     @property

@@ -98,8 +98,6 @@ class LinuxNode(ResourceManager):
         self._installed: set[str] = set()
         self._app_locks: dict[str, threading.Lock] = {}
         self._monitor: AppMonitor | None = None
-        #: why the node failed, for users and tests
-        self.failure: str | None = None
 
     # -- where things live -----------------------------------------------------
     @property
