@@ -200,10 +200,16 @@ class LinuxNode(ResourceManager):
             self._set_value("home", self._home)
         prep = f"mkdir -p {shlex.quote(self.exp_run_home)} {shlex.quote(self.node_home)}/apps"
         if self.get("cleanHome"):
-            prep = f"rm -rf {shlex.quote(self.node_home)} && {prep}"
+            prep = f"{self._remove_tree(self.node_home)} && {prep}"
         self._transport.run(prep).check(f"preparing {self.exp_run_home} on {self._transport.label}")
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
+
+    def _remove_tree(self, path: str) -> str:
+        """A command that removes ``path``; a user who is not root tries sudo next,
+        since a sudo app may have left root-owned directories that only root can empty."""
+        rm = f"rm -rf {shlex.quote(path)}"
+        return rm if self._is_root else f"{{ {rm} || sudo -n {rm}; }}"
 
     def install_packages(self, packages: list[str]) -> None:
         """Install ``packages`` with the host's package manager, once per node."""
@@ -256,7 +262,7 @@ class LinuxNode(ResourceManager):
                          f'[ -f "$f" ] && read -r p < "$f" && {sudo}kill -KILL -- "-$p" 2>/dev/null; '
                          f"done; true")
         if self.get("cleanExperiment"):
-            steps.append(f"rm -rf {shlex.quote(self.exp_home)}")
+            steps.append(self._remove_tree(self.exp_home))
         if steps:
             self.transport.run("; ".join(steps), timeout=120)
 
