@@ -15,7 +15,5 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NEPI_PREFECT_RESULTS", os.path.join(_session_home, "results"))
 os.environ.setdefault("NEPI_PREFECT_RECORDER", "none")
 
-pytest_plugins = [
-    name for name in ("tests.fixtures.sshd", "tests.fixtures.prefect_api")
-    if os.path.exists(os.path.join(os.path.dirname(__file__), *name.split(".")) + ".py")
-]
+pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.prefect_api", "tests.fixtures.netns",
+                  "tests.fixtures.sudo_user"]

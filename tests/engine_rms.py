@@ -14,7 +14,6 @@ from nepi_prefect.execution.resource import (
     ResourceManager,
     ResourceState,
     clsinit_copy,
-    reschedule_delay,
 )
 from nepi_prefect.execution.trace import Trace, TraceAttr
 

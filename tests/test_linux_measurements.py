@@ -7,13 +7,11 @@ import os
 
 import pytest
 
-from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import AttributeValueError
-from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
-from tests.fixtures.netns import netns_lab  # noqa: F401  (a fixture)
+from tests.helpers import add_rm, engine_ec
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
@@ -24,23 +22,13 @@ PING_KEYS = {"rtt_min_ms", "rtt_avg_ms", "rtt_max_ms", "rtt_mdev_ms", "packet_lo
 
 @pytest.fixture
 def ec(tmp_path):
-    ctl = ExperimentController(exp_id=f"meas-{os.urandom(3).hex()}", local_dir=str(tmp_path),
-                               recorder=Recorder())
-    yield ctl
-    ctl.shutdown()
+    yield from engine_ec(tmp_path, "meas")
 
 
-def _rm(ec, rtype: str, node: int | None = None, **attrs) -> int:
-    guid = ec.register_resource(rtype)
-    for k, v in attrs.items():
-        ec.set(guid, k, v)
-    if node is not None:
-        ec.register_connection(guid, node)
-    return guid
 
 
 def _node(ec, attrs: dict) -> int:
-    return _rm(ec, "LinuxNode", **attrs)
+    return add_rm(ec, "LinuxNode", **attrs)
 
 
 def _finished(ec, guids, timeout=60.0) -> None:
@@ -69,10 +57,10 @@ def test_bad_attribute_values_fail_at_set(ec):
 
 
 def test_commands_built_from_attributes(ec):
-    ping = ec.get_resource(_rm(ec, "LinuxPing", target="10.0.0.1", count=3, interval=0.5,
+    ping = ec.get_resource(add_rm(ec, "LinuxPing", target="10.0.0.1", count=3, interval=0.5,
                                packetSize=100, ttl=7, quiet=True))
     assert ping.build_command() == "ping -c 3 -i 0.5 -s 100 -t 7 -q 10.0.0.1"
-    dump = ec.get_resource(_rm(ec, "LinuxTcpdump", interface="lo", filter="icmp and host 1.2.3.4",
+    dump = ec.get_resource(add_rm(ec, "LinuxTcpdump", interface="lo", filter="icmp and host 1.2.3.4",
                                snaplen=96, count=10))
     assert dump.build_command() == "tcpdump --immediate-mode -U -w pcap -i lo -s 96 -c 10 'icmp and host 1.2.3.4'"
     assert dump.get("sudo") is True and ping.get("depends") == "iputils-ping"
@@ -82,7 +70,7 @@ def test_commands_built_from_attributes(ec):
 
 def test_ping_loopback_metrics(ec, sshd):
     node = _node(ec, node_attrs(sshd))
-    ping = _rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
+    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
     ec.deploy()
     _finished(ec, [ping])
     metrics = ec.get_resource(ping).get_metrics()
@@ -95,7 +83,7 @@ def test_ping_loopback_metrics(ec, sshd):
 
 def test_stopped_ping_keeps_its_statistics(ec, sshd):
     node = _node(ec, node_attrs(sshd))
-    ping = _rm(ec, "LinuxPing", node, target="127.0.0.1", interval=0.2)  # no count: runs on
+    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", interval=0.2)  # no count: runs on
     ec.deploy()
     assert ec.wait_started([ping], timeout=30)
     rm = ec.get_resource(ping)
@@ -108,10 +96,10 @@ def test_stopped_ping_keeps_its_statistics(ec, sshd):
 
 def test_tcpdump_captures_ping_and_collector_fetches_pcap(ec, sshd):
     node = _node(ec, node_attrs(sshd))
-    dump = _rm(ec, "LinuxTcpdump", node, interface="lo",
+    dump = add_rm(ec, "LinuxTcpdump", node, interface="lo",
                filter="icmp and src host 127.0.0.1 and dst host 127.0.0.1")
-    ping = _rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
-    col = _rm(ec, "Collector", traceName="pcap")
+    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
+    col = add_rm(ec, "Collector", traceName="pcap")
     ec.register_connection(col, dump)
     ec.register_condition(ping, ResourceAction.START, dump, S.STARTED, "1s")  # START after the capture is up
     ec.deploy()
@@ -132,7 +120,7 @@ def test_tcpdump_captures_ping_and_collector_fetches_pcap(ec, sshd):
 
 def test_traceroute_loopback(ec, sshd):
     node = _node(ec, node_attrs(sshd))
-    tr = _rm(ec, "LinuxTraceroute", node, target="127.0.0.1", maxHops=3, waitTime=1)
+    tr = add_rm(ec, "LinuxTraceroute", node, target="127.0.0.1", maxHops=3, waitTime=1)
     ec.deploy()
     _finished(ec, [tr])
     rm = ec.get_resource(tr)
@@ -145,10 +133,10 @@ def test_traceroute_loopback(ec, sshd):
 def test_ping_and_traceroute_between_hosts(ec, netns_lab):
     a, b = netns_lab.hosts
     na, nb = _node(ec, a.node_attrs()), _node(ec, b.node_attrs())
-    ping = _rm(ec, "LinuxPing", na, target=b.address, count=3, interval=0.2)
-    back = _rm(ec, "LinuxPing", nb, target=a.address, count=2, interval=0.2)
-    tr = _rm(ec, "LinuxTraceroute", na, target=b.address, maxHops=4, waitTime=1)
-    lost = _rm(ec, "LinuxPing", na, target="10.%s.0.99" % a.address.split(".")[1], count=2,
+    ping = add_rm(ec, "LinuxPing", na, target=b.address, count=3, interval=0.2)
+    back = add_rm(ec, "LinuxPing", nb, target=a.address, count=2, interval=0.2)
+    tr = add_rm(ec, "LinuxTraceroute", na, target=b.address, maxHops=4, waitTime=1)
+    lost = add_rm(ec, "LinuxPing", na, target="10.%s.0.99" % a.address.split(".")[1], count=2,
                interval=0.2, timeout=0.5, critical=False)
     ec.deploy()
     _finished(ec, [ping, back, tr])
@@ -166,8 +154,8 @@ def test_ping_and_traceroute_between_hosts(ec, netns_lab):
 def test_udp_test_between_hosts(ec, netns_lab):
     a, b = netns_lab.hosts
     na, nb = _node(ec, a.node_attrs()), _node(ec, b.node_attrs())
-    server = _rm(ec, "LinuxUdpTest", nb, mode="server", port=5301, bindAddress=b.address)
-    client = _rm(ec, "LinuxUdpTest", na, mode="client", target=b.address, port=5301,
+    server = add_rm(ec, "LinuxUdpTest", nb, mode="server", port=5301, bindAddress=b.address)
+    client = add_rm(ec, "LinuxUdpTest", na, mode="client", target=b.address, port=5301,
                  bandwidth="2M", duration=1)
     ec.register_condition(client, ResourceAction.START, server, S.STARTED)
     ec.deploy()

@@ -20,8 +20,8 @@ from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
+from tests.helpers import add_rm, engine_ec
 from tests.fixtures.sshd import node_attrs
-from tests.fixtures.sudo_user import sudo_user  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.ssh
 S = ResourceState
@@ -30,23 +30,13 @@ DONE = (S.FINISHED, S.FAILED, S.STOPPED, S.RELEASED)
 
 @pytest.fixture
 def ec(tmp_path):
-    ctl = ExperimentController(exp_id=f"sudo-{os.urandom(3).hex()}", local_dir=str(tmp_path),
-                               recorder=Recorder())
-    yield ctl
-    ctl.shutdown()
+    yield from engine_ec(tmp_path, "sudo")
 
 
-def _rm(ec, rtype: str, node: int | None = None, **attrs) -> int:
-    guid = ec.register_resource(rtype)
-    for k, v in attrs.items():
-        ec.set(guid, k, v)
-    if node is not None:
-        ec.register_connection(guid, node)
-    return guid
 
 
 def _node(ec, user, **extra) -> int:
-    return _rm(ec, "LinuxNode", **node_attrs(user.server, **extra))
+    return add_rm(ec, "LinuxNode", **node_attrs(user.server, **extra))
 
 
 def _marker() -> str:
@@ -84,7 +74,7 @@ def _started(ec, guid) -> None:
 
 def test_sudo_app_runs_as_root_and_its_stdout_is_readable(ec, sudo_user):
     n = _node(ec, sudo_user)
-    a = _rm(ec, "LinuxApplication", n, command="id -u; whoami; echo oops >&2", sudo=True)
+    a = add_rm(ec, "LinuxApplication", n, command="id -u; whoami; echo oops >&2", sudo=True)
     ec.deploy()
     assert ec.wait(a, DONE, timeout=30)
     assert ec.state(a) == S.FINISHED, ec.get_resource(a).failure
@@ -98,7 +88,7 @@ def test_sudo_app_runs_as_root_and_its_stdout_is_readable(ec, sudo_user):
 
 def test_app_without_sudo_runs_as_the_login_user(ec, sudo_user):
     n = _node(ec, sudo_user)
-    a = _rm(ec, "LinuxApplication", n, command="id -u")
+    a = add_rm(ec, "LinuxApplication", n, command="id -u")
     ec.deploy()
     assert ec.wait(a, DONE, timeout=30)
     assert ec.state(a) == S.FINISHED, ec.get_resource(a).failure
@@ -108,25 +98,16 @@ def test_app_without_sudo_runs_as_the_login_user(ec, sudo_user):
 
 # -- stop and release reach root processes ------------------------------------------------
 
-def test_stopping_a_sudo_app_leaves_no_process(ec, sudo_user):
-    n = _node(ec, sudo_user)
-    marker = _marker()
-    a = _rm(ec, "LinuxApplication", n, command=f"sleep {marker}", sudo=True)
-    ec.deploy()
-    _started(ec, a)
-    _until(lambda: _owners(f"^sleep {marker}") == {"root"})
-    ec.stop(a)
-    assert ec.state(a) == S.STOPPED
-    assert _pgrep(marker) == ""
-
-
-def test_stopping_a_sudo_app_that_ignores_sigterm_leaves_no_process(ec, sudo_user):
+@pytest.mark.parametrize("command", [
+    "sleep {marker}",
     # the grace period ends with SIGKILL, which sudo cannot relay: the group kill must
     # reach the command itself (without a terminal, use_pty leaves it in the group)
+    "trap '' TERM INT HUP; sleep {marker}; sleep {marker}",
+], ids=["plain", "ignores-sigterm"])
+def test_stopping_a_sudo_app_leaves_no_process(ec, sudo_user, command):
     n = _node(ec, sudo_user)
     marker = _marker()
-    a = _rm(ec, "LinuxApplication", n, sudo=True,
-            command=f"trap '' TERM INT HUP; sleep {marker}; sleep {marker}")
+    a = add_rm(ec, "LinuxApplication", n, sudo=True, command=command.format(marker=marker))
     ec.deploy()
     _started(ec, a)
     _until(lambda: _owners(f"^sleep {marker}") == {"root"})
@@ -141,7 +122,7 @@ def test_releasing_a_running_sudo_app_leaves_no_process(sudo_user, tmp_path):
     marker = _marker()
     try:
         n = _node(ec, sudo_user)
-        a = _rm(ec, "LinuxApplication", n, command=f"sleep {marker}", sudo=True)
+        a = add_rm(ec, "LinuxApplication", n, command=f"sleep {marker}", sudo=True)
         ec.deploy()
         _started(ec, a)
         _until(lambda: _owners(f"^sleep {marker}") == {"root"})
@@ -159,8 +140,8 @@ def _capture(ec, sudo_user):
     b = os.urandom(3)
     other = f"127.{b[0]}.{b[1]}.{max(b[2], 2)}"  # in the command line, so pgrep finds this one
     flt = f"icmp and host 127.0.0.1 and not host {other}"
-    dump = _rm(ec, "LinuxTcpdump", n, interface="lo", filter=flt)
-    ping = _rm(ec, "LinuxPing", n, target="127.0.0.1", count=3, interval=0.2)
+    dump = add_rm(ec, "LinuxTcpdump", n, interface="lo", filter=flt)
+    ping = add_rm(ec, "LinuxPing", n, target="127.0.0.1", count=3, interval=0.2)
     ec.register_condition(ping, ResourceAction.START, dump, S.STARTED, "1s")
     ec.deploy()
     assert ec.wait_finished([ping], timeout=60)
@@ -207,7 +188,7 @@ def test_a_finished_sudo_apps_children_do_not_outlive_release(sudo_user, tmp_pat
     try:
         n = _node(ec, sudo_user, cleanProcesses=True)
         # exits 0 at once, leaving a root sleep behind in its process group
-        a = _rm(ec, "LinuxApplication", n, command=f"sleep {marker} > /dev/null 2>&1 &",
+        a = add_rm(ec, "LinuxApplication", n, command=f"sleep {marker} > /dev/null 2>&1 &",
                 sudo=True)
         ec.deploy()
         assert ec.wait(a, DONE, timeout=30) and ec.state(a) == S.FINISHED
@@ -223,7 +204,7 @@ def test_clean_experiment_removes_what_a_sudo_app_wrote(sudo_user, tmp_path):
     try:
         n = _node(ec, sudo_user, cleanExperiment=True)
         # root-owned directories in the user's run_home: the user alone cannot empty them
-        a = _rm(ec, "LinuxApplication", n, sudo=True,
+        a = add_rm(ec, "LinuxApplication", n, sudo=True,
                 command="mkdir -p out/deeper && echo data > out/deeper/file && echo ok")
         ec.deploy()
         assert ec.wait(a, DONE, timeout=30) and ec.state(a) == S.FINISHED
@@ -240,7 +221,7 @@ def test_clean_home_removes_what_a_sudo_app_wrote_before(sudo_user, tmp_path):
                                  local_dir=str(tmp_path / "1"), recorder=Recorder())
     try:
         n = _node(first, sudo_user)
-        a = _rm(first, "LinuxApplication", n, sudo=True,
+        a = add_rm(first, "LinuxApplication", n, sudo=True,
                 command="mkdir -p out/deeper && touch out/deeper/f")
         first.deploy()
         assert first.wait(a, DONE, timeout=30) and first.state(a) == S.FINISHED
@@ -252,7 +233,7 @@ def test_clean_home_removes_what_a_sudo_app_wrote_before(sudo_user, tmp_path):
                                   local_dir=str(tmp_path / "2"), recorder=Recorder())
     try:
         n = _node(second, sudo_user, cleanHome=True)
-        a = _rm(second, "LinuxApplication", n, command="echo fresh")
+        a = add_rm(second, "LinuxApplication", n, command="echo fresh")
         second.deploy()
         assert second.wait(a, DONE, timeout=30)
         assert second.state(n) != S.FAILED, second.get_resource(n).failure

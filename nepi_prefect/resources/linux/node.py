@@ -21,7 +21,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
-from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
+from nepi_prefect.execution.resource import ResourceManager, clsinit_copy
 from nepi_prefect.transport.base import Transport, TransportError
 from nepi_prefect.transport.credentials import resolve_credentials
 from nepi_prefect.transport.local import LocalTransport
