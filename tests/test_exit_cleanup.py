@@ -39,6 +39,16 @@ def running(pattern: str) -> list[str]:
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
+def eventually(check, timeout: float = 10.0) -> bool:
+    """Whether ``check()`` becomes true within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @pytest.mark.ssh
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_script_releases_its_remote_processes(sshd, tmp_path, signum):
@@ -48,14 +58,12 @@ def test_interrupted_script_releases_its_remote_processes(sshd, tmp_path, signum
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "STARTED", proc.stderr.read()
-        assert running(f"sleep {seconds}"), "the app runs on the host"
+        # STARTED means launched; the wrapper may exec the command a moment later
+        assert eventually(lambda: running(f"sleep {seconds}")), "the app runs on the host"
         proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    deadline = time.monotonic() + 10
-    while running(f"sleep {seconds}") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert running(f"sleep {seconds}") == []
+    assert eventually(lambda: not running(f"sleep {seconds}")), running(f"sleep {seconds}")
     assert "exited without calling shutdown()" in proc.stderr.read()
