@@ -45,6 +45,7 @@ from nepi_prefect.execution.resource import (
     ResourceManager,
     ResourceState,
     ResourceState2str,
+    STATE_TIME_ATTR,
 )
 from nepi_prefect.execution.scheduler import Task, TaskStatus, TimedDispatcher
 from nepi_prefect.execution.trace import TraceAttr
@@ -491,7 +492,7 @@ class ExperimentController:
             for rm in rms:
                 grp.waiting.add(rm.guid)
                 grp.run.upstream.append(deploy_runs[rm.guid])
-                self._watchers[rm.guid].append(grp)
+        self._add_watcher(grp, [rm.guid for rm in rms])
         self._recorder.action_changed(grp.run)
         for rm in rms:
             self._barrier_check(grp, rm)
@@ -543,18 +544,26 @@ class ExperimentController:
                 return run
         return None
 
-    def _watch(self, pending: _Pending) -> None:
+    def _add_watcher(self, watcher: Any, guids: Iterable[int]) -> None:
+        """Have ``watcher`` told of every state change of ``guids``."""
         with self._lock:
-            for guid in pending.watched():
-                self._watchers[guid].append(pending)
+            for guid in guids:
+                self._watchers[guid].append(watcher)
+
+    def _drop_watcher(self, watcher: Any, guids: Iterable[int]) -> None:
+        with self._lock:
+            for guid in guids:
+                lst = self._watchers.get(guid)
+                if lst and watcher in lst:
+                    lst.remove(watcher)
+
+    def _watch(self, pending: _Pending) -> None:
+        self._add_watcher(pending, pending.watched())
         pending.check()
 
     def _unwatch(self, pending: _Pending) -> None:
+        self._drop_watcher(pending, pending.watched())
         with self._lock:
-            for guid in pending.watched():
-                lst = self._watchers.get(guid)
-                if lst and pending in lst:
-                    lst.remove(pending)
             if self._pending.get((pending.rm.guid, pending.kind)) is pending:
                 del self._pending[(pending.rm.guid, pending.kind)]
 
@@ -727,6 +736,10 @@ class ExperimentController:
                 self._barrier_check(watcher, rm)
             else:
                 watcher.check()
+        self._notify_waiters()
+
+    def _notify_waiters(self) -> None:
+        """Wake every wait(): something they may be waiting for changed."""
         with self._changed:
             self._version += 1
             self._changed.notify_all()
@@ -767,9 +780,7 @@ class ExperimentController:
         for grp in groups:
             if grp.run is not None:
                 self._finish_run(grp.run, RunState.CANCELLED, f"experiment aborted: {reason}")
-        with self._changed:
-            self._version += 1
-            self._changed.notify_all()
+        self._notify_waiters()
         self._release_async(list(self._resources))
 
     def _require_running(self, what: str) -> None:
@@ -872,9 +883,7 @@ class ExperimentController:
                                     tnow(), owner=rm, action="release")
             return
         gate = _ReleaseGate(self, rm, run, after)
-        with self._lock:
-            for guid in after:
-                self._watchers[guid].append(gate)
+        self._add_watcher(gate, after)
         gate.check()
 
     def _execute_release(self, rm: ResourceManager, run: ActionRun) -> None:
@@ -899,9 +908,7 @@ class ExperimentController:
         finally:
             with self._lock:
                 self._state = ECState.TERMINATED
-            with self._changed:
-                self._version += 1
-                self._changed.notify_all()
+            self._notify_waiters()
             self._dispatcher.stop()
             summary = self.summary()
             self._write_summary(summary)
@@ -922,7 +929,7 @@ class ExperimentController:
     def outcome(rm: ResourceManager) -> str:
         """The furthest state an RM reached before release (FAILED wins)."""
         for state in _FINAL_OUTCOMES:
-            if getattr(rm, f"_{_STAMP[state]}_time") is not None:
+            if getattr(rm, STATE_TIME_ATTR[state]) is not None:
                 return ResourceState2str[state]
         return ResourceState2str[rm._rm_state]
 
@@ -930,9 +937,8 @@ class ExperimentController:
         """What happened, RM by RM: rtype, guid, outcome, transition times, traces."""
         resources = []
         for guid, rm in sorted(self._resources.items()):
-            times = {f"{_STAMP[s]}_time": (getattr(rm, f"_{_STAMP[s]}_time").isoformat()
-                                          if getattr(rm, f"_{_STAMP[s]}_time") else None)
-                     for s in _STAMP}
+            stamps = {attr.lstrip("_"): getattr(rm, attr) for attr in STATE_TIME_ATTR.values()}
+            times = {name: stamp.isoformat() if stamp else None for name, stamp in stamps.items()}
             resources.append({
                 "guid": guid, "rtype": rm.get_rtype(), "state": self.outcome(rm),
                 "times": times, "traces": dict(rm.collected), "metrics": rm.get_metrics(),
@@ -978,11 +984,6 @@ class ExperimentController:
         return load_experiment(path, **kwargs)
 
 
-_STAMP = {S.DISCOVERED: "discover", S.PROVISIONED: "provision", S.READY: "ready",
-          S.STARTED: "start", S.STOPPED: "stop", S.FINISHED: "finish", S.FAILED: "failed",
-          S.RELEASED: "release"}
-
-
 class _ReleaseGate:
     """Holds an RM's release until the RMs it must outlive are RELEASED."""
 
@@ -997,11 +998,7 @@ class _ReleaseGate:
             if self.done or any(self.ec._resources[g]._rm_state != S.RELEASED for g in self.after):
                 return
             self.done = True
-        with self.ec._lock:
-            for guid in self.after:
-                lst = self.ec._watchers.get(guid)
-                if lst and self in lst:
-                    lst.remove(self)
+        self.ec._drop_watcher(self, self.after)
         self.ec._wait_then_release(self.rm, self.run, [])
 
 
