@@ -212,10 +212,11 @@ class ResourceManager:
         return list(cls._traces.values())
 
     @classmethod
-    def _rtype_chain(cls) -> set[str]:
+    @functools.cache  # per class; get_connected() asks on every poll of a waiting RM
+    def _rtype_chain(cls) -> frozenset[str]:
         """This type's rtype and those of its RM base classes."""
-        return {k._rtype for k in cls.__mro__ if isinstance(k, type)
-                and issubclass(k, ResourceManager)}
+        return frozenset(k._rtype for k in cls.__mro__ if isinstance(k, type)
+                         and issubclass(k, ResourceManager))
 
     # -- instance ----------------------------------------------------------
     def __init__(self, ec: "ExperimentController", guid: int):
