@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from nepi_prefect import settings
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
@@ -42,8 +43,7 @@ class UsageError(Exception):
 # -- helpers ------------------------------------------------------------------------------------
 def results_root(arg: str | None = None) -> str:
     """Where runs are kept: ``--results``, ``$NEPI_PREFECT_RESULTS`` or ``~/.nepi-prefect/experiments``."""
-    return os.path.abspath(os.path.expanduser(
-        arg or os.environ.get("NEPI_PREFECT_RESULTS") or "~/.nepi-prefect/experiments"))
+    return settings.results_root(arg)
 
 
 def make_recorder(kind: str | None, attach: str = "auto") -> Any:

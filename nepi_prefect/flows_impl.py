@@ -19,6 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from nepi_prefect import settings
 from nepi_prefect.execution.runner import ExperimentRunner
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from nepi_prefect.spec.io import (
@@ -54,8 +55,7 @@ def resolve_description(description: ExperimentDescription | dict | None,
 
 
 def _results_dir(results_dir: str | None) -> str:
-    return os.path.abspath(os.path.expanduser(
-        results_dir or os.environ.get("NEPI_PREFECT_RESULTS") or "~/.nepi-prefect/experiments"))
+    return settings.results_root(results_dir)
 
 
 # -- one experiment ------------------------------------------------------------------------------

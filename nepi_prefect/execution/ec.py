@@ -30,6 +30,7 @@ import weakref
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
+from nepi_prefect import settings
 from nepi_prefect.execution.attribute import Flags
 from nepi_prefect.execution.errors import (
     ExperimentStateError,
@@ -184,9 +185,7 @@ class ExperimentController:
                  release_timeout: float = 600.0, run_id: str | None = None):
         self._exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
         self._run_id = run_id or tsformat()
-        self._local_dir = os.path.abspath(os.path.expanduser(
-            local_dir or os.environ.get("NEPI_PREFECT_RESULTS")
-            or os.path.join("~", ".nepi-prefect", "experiments")))
+        self._local_dir = settings.results_root(local_dir)
         self._state = ECState.RUNNING
         self._failure: str | None = None
         self._resources: dict[int, ResourceManager] = {}
@@ -206,8 +205,7 @@ class ExperimentController:
         self._release_timeout = release_timeout
         self._closed = False
         self._logger = logging.getLogger("ExperimentController")
-        nthreads = nthreads or int(os.environ.get("NEPI_NTHREADS", "50"))
-        self._dispatcher = TimedDispatcher(self._run_task, nthreads=nthreads,
+        self._dispatcher = TimedDispatcher(self._run_task, nthreads=settings.nthreads(nthreads),
                                            name=f"nepi-{self._exp_id[:12]}")
         self._recorder = recorder if recorder is not None else default_recorder()
         self._recorder.open(self)

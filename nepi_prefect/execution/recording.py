@@ -16,12 +16,13 @@ from __future__ import annotations
 import enum
 import importlib
 import logging
-import os
 import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from nepi_prefect import settings
 
 if TYPE_CHECKING:
     from nepi_prefect.execution.ec import ExperimentController
@@ -92,15 +93,14 @@ class Recorder:
 
 #: NEPI_PREFECT_RECORDER selects the default: "prefect" (default) or "none"
 #: (the engine alone, for the engine's own tests and benchmarks), or a
-#: "module:Class" of a third-party recorder.
-RECORDER_ENV = "NEPI_PREFECT_RECORDER"
+RECORDER_ENV = settings.RECORDER_ENV  # kept for callers that named it here
 _DEFAULTS = {"prefect": "nepi_prefect.orchestration.recorder:PrefectRecorder"}
 _lock = threading.Lock()
 
 
 def default_recorder() -> Recorder:
     """A new instance of the configured default recorder."""
-    choice = os.environ.get(RECORDER_ENV, "prefect").strip() or "prefect"
+    choice = settings.recorder_choice()
     if choice.lower() == "none":
         return Recorder()
     target = _DEFAULTS.get(choice.lower(), choice)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from nepi_prefect import settings
 from nepi_prefect.execution.recording import ActionRun, Recorder
 from nepi_prefect.orchestration import server  # noqa: F401  (installs the exit hook early)
 from nepi_prefect.orchestration.artifacts import summary_artifact
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("nepi_prefect.orchestration")
 
 ATTACH_MODES = ("auto", "current", "subflow", "new")
-#: seconds close() waits for the record to be confirmed on the server
-TIMEOUT_ENV = "NEPI_PREFECT_RECORD_TIMEOUT"
-DEFAULT_TIMEOUT = 120.0
 ABANDON_TIMEOUT = 30.0
 
 
@@ -49,8 +46,7 @@ class PrefectRecorder(Recorder):
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach must be one of {ATTACH_MODES}, got {attach!r}")
         self.attach = attach
-        self.timeout = float(timeout if timeout is not None
-                             else os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        self.timeout = settings.record_timeout(timeout)
         self._shipper: Shipper | None = None
         self._abandoned: tuple[str, str] | None = None   # (final type, message)
         self._closed = False

@@ -1,0 +1,64 @@
+"""Every environment variable nepi-prefect reads, and its default, in one place.
+
+Values are read when asked for, not at import, so a test or a script may set a
+variable after importing the package. This module imports nothing of the
+project: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: where collected traces, ``summary.json`` and campaign tables go
+RESULTS_ENV = "NEPI_PREFECT_RESULTS"
+DEFAULT_RESULTS = "~/.nepi-prefect/experiments"
+
+#: dispatcher worker threads per experiment
+NTHREADS_ENV = "NEPI_NTHREADS"
+DEFAULT_NTHREADS = 50
+
+#: the engine's default recorder: "prefect", "none" or "module:Class"
+RECORDER_ENV = "NEPI_PREFECT_RECORDER"
+DEFAULT_RECORDER = "prefect"
+
+#: seconds a recorder's close() may wait for the record to be handed over
+RECORD_TIMEOUT_ENV = "NEPI_PREFECT_RECORD_TIMEOUT"
+DEFAULT_RECORD_TIMEOUT = 120.0
+
+
+def results_root(override: str | None = None) -> str:
+    """The absolute results root: ``override``, else ``$NEPI_PREFECT_RESULTS``, else the default."""
+    return os.path.abspath(os.path.expanduser(
+        override or os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS))
+
+
+def nthreads(override: int | None = None) -> int:
+    """Dispatcher worker threads: ``override``, else ``$NEPI_NTHREADS``, else 50."""
+    if override:
+        return int(override)
+    text = os.environ.get(NTHREADS_ENV, "").strip()
+    if not text:
+        return DEFAULT_NTHREADS
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{NTHREADS_ENV}={text!r}: expected a positive integer") from None
+    if value < 1:
+        raise ValueError(f"{NTHREADS_ENV}={text!r}: expected a positive integer")
+    return value
+
+
+def recorder_choice() -> str:
+    """The configured default recorder, as written in ``$NEPI_PREFECT_RECORDER``."""
+    return os.environ.get(RECORDER_ENV, DEFAULT_RECORDER).strip() or DEFAULT_RECORDER
+
+
+def record_timeout(override: float | None = None) -> float:
+    """Seconds a recorder's close() may wait: ``override``, else the variable, else 120."""
+    if override is not None:
+        return float(override)
+    text = os.environ.get(RECORD_TIMEOUT_ENV, "").strip()
+    try:
+        return float(text) if text else DEFAULT_RECORD_TIMEOUT
+    except ValueError:
+        raise ValueError(f"{RECORD_TIMEOUT_ENV}={text!r}: expected a number of seconds") from None
