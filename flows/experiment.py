@@ -1,6 +1,6 @@
 """Deployable flow: run one experiment (entrypoint ``flows/experiment.py:experiment``)."""
 
-from nepi_prefect.flows_impl import experiment_flow as experiment
+from nepi_prefect.flows.experiment import experiment_flow as experiment
 
 if __name__ == "__main__":
     import sys

@@ -21,6 +21,7 @@ from nepi_prefect import settings
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
+from nepi_prefect.results.tables import load_summaries, uniform_rows
 
 out = Console()
 err = Console(stderr=True)
@@ -205,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     repeat = args.repeat or repeat
     conc = args.max_concurrency or conc
     # Prefect is imported only now: it sets up its logging on import.
-    from nepi_prefect.flows_impl import sweep_flow
+    from nepi_prefect.flows.sweep import sweep_flow
     result = sweep_flow(description=desc, grid=grid, points=points, repeat=repeat,
                         max_concurrency=conc, results_dir=results_root(args.results),
                         timeout=args.timeout)
@@ -221,11 +222,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def rows_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     """A table of homogeneous dicts."""
     table = Table(title=title, title_justify="left")
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    for col in columns:
+    rows = uniform_rows(rows)
+    for col in rows[0] if rows else ():
         table.add_column(col)
     for row in rows:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
+        table.add_row(*[_cell(v) for v in row.values()])
     return table
 
 
@@ -238,20 +239,6 @@ def _cell(value: Any) -> str:
 
 
 # -- results --------------------------------------------------------------------------------------------
-def load_summaries(root: str, exp_id: str | None = None) -> list[dict[str, Any]]:
-    """Every ``summary.json`` under ``root`` (of ``exp_id`` only, if given), oldest first."""
-    pattern = f"{exp_id}/*/summary.json" if exp_id else "*/*/summary.json"
-    found = []
-    for path in sorted(Path(root).glob(pattern)):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        summary.setdefault("run_dir", str(path.parent))
-        found.append(summary)
-    return sorted(found, key=lambda s: (str(s.get("run_id")), str(s.get("exp_id"))))
-
-
 def cmd_results(args: argparse.Namespace) -> int:
     root = results_root(args.results)
     summaries = load_summaries(root, args.exp_id)

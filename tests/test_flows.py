@@ -62,7 +62,7 @@ def _sweep_case(tmp_path: Path):
 def test_sweep_runs_each_point_as_a_child_flow_run(prefect_server, tmp_path):
     from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId
 
-    from nepi_prefect.flows_impl import sweep_flow
+    from nepi_prefect.flows import sweep_flow
 
     desc, grid, metric = _sweep_case(tmp_path)
     state = sweep_flow(description=desc, grid=grid, repeat=1, max_concurrency=4,
@@ -84,7 +84,7 @@ def test_sweep_runs_each_point_as_a_child_flow_run(prefect_server, tmp_path):
 
 @pytest.mark.prefect
 def test_experiment_flow_fails_when_the_experiment_fails(prefect_server, tmp_path):
-    from nepi_prefect.flows_impl import experiment_flow
+    from nepi_prefect.flows import experiment_flow
 
     ok = experiment_flow(description_file=str(_app(tmp_path, "flow-ok")),
                          results_dir=str(tmp_path), return_state=True)
@@ -129,7 +129,7 @@ def test_experiment_runner_stops_on_a_failed_run(tmp_path):
 @pytest.mark.prefect
 def test_converge_flow(prefect_server, tmp_path):
     pytest.importorskip("nepi_prefect.resources.linux.ping")
-    from nepi_prefect.flows_impl import converge_flow
+    from nepi_prefect.flows import converge_flow
 
     result = converge_flow(description_file="examples/ping.yaml", overrides={"ping.count": 2},
                            metric="ping.packet_loss_pct", min_runs=2, max_runs=3,
@@ -141,7 +141,7 @@ def test_experiment_flow_parameters_render_as_a_form():
     """Prefect builds the run form from this schema: the description is a typed model."""
     from prefect.utilities.callables import parameter_schema
 
-    from nepi_prefect.flows_impl import experiment_flow, sweep_flow
+    from nepi_prefect.flows import experiment_flow, sweep_flow
 
     for flow_ in (experiment_flow, sweep_flow):
         schema = parameter_schema(flow_.fn).model_dump()
