@@ -21,6 +21,7 @@ from nepi_prefect import settings
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
+from nepi_prefect.orchestration import logins  # noqa: F401  (saved SSH logins are Prefect blocks)
 from nepi_prefect.results.tables import load_summaries, uniform_rows
 
 out = Console()

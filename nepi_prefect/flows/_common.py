@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.spec.io import apply_overrides, read_description
 from nepi_prefect.spec.models import ExperimentDescription
 

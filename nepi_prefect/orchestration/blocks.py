@@ -18,6 +18,8 @@ from typing import Any
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from nepi_prefect.orchestration import logins  # noqa: F401  (lends these loaders to the transport)
+
 
 class SshCredentials(Block):
     """How to log in to experiment hosts over SSH."""

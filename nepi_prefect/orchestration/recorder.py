@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from nepi_prefect import settings
 from nepi_prefect.execution.recording import ActionRun, Recorder
+from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.orchestration import server  # noqa: F401  (installs the exit hook early)
 from nepi_prefect.orchestration.artifacts import summary_artifact
 from nepi_prefect.orchestration.events import Snapshot

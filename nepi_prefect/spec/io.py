@@ -18,7 +18,7 @@ import os
 import re
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 from pydantic import ValidationError
@@ -37,9 +37,8 @@ from nepi_prefect.spec.validate import (
     state_value,
     validate_description,
 )
+from nepi_prefect.transport.credentials import InventoryResolver, resolve_inventory_node
 
-#: resolver(inventory_block, node) -> attributes (hostname, port, username, credentials)
-InventoryResolver = Callable[[str, str], Mapping[str, Any]]
 
 #: what a built EC came from: its resource names by guid, and the description
 _ORIGINS: "weakref.WeakKeyDictionary[ExperimentController, tuple[dict[int, str], ExperimentDescription | None]]" = \
@@ -288,7 +287,7 @@ def _attribute_values(res: ResourceSpec, resolver: InventoryResolver | None,
                       source: str | None, index: int) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if res.from_inventory is not None:
-        resolver = resolver or _default_inventory_resolver()
+        resolver = resolver or resolve_inventory_node
         found = resolver(res.from_inventory.inventory, res.from_inventory.node)
         values.update({k: v for k, v in found.items() if v is not None})
     for attr, value in res.attributes.items():
@@ -302,13 +301,6 @@ def _attribute_values(res: ResourceSpec, resolver: InventoryResolver | None,
             value = os.environ[var]
         values[attr] = value
     return values
-
-
-def _default_inventory_resolver() -> InventoryResolver:
-    # Imported only when a description names an inventory: the spec itself
-    # does not depend on Prefect.
-    from nepi_prefect.orchestration.blocks import inventory_node_attributes
-    return inventory_node_attributes
 
 
 def resource_names(ec: ExperimentController) -> dict[int, str]:
