@@ -6,7 +6,7 @@ in run_home, ``command`` (the user's command) and ``wrapper.sh``, and launches
 the wrapper with ``setsid nohup``: it runs in its own session (so stop kills
 the whole process group), survives a dropped connection, and writes the exit
 code to ``exitcode``. The node's monitor notices the file and calls
-:meth:`LinuxApplication._process_exited`.
+:meth:`LinuxApplication.on_process_exited`.
 
 Subclasses override :meth:`build_command` and :meth:`on_finished`, and may
 give ``depends`` a default.
@@ -259,8 +259,8 @@ class LinuxApplication(ResourceManager):
             pairs.append((name, value))
         return pairs
 
-    def _process_exited(self, exitcode: int | None) -> None:
-        """The monitor saw the process end: parse, then FINISHED or FAILED."""
+    def on_process_exited(self, exitcode: int | None) -> None:
+        """The node's monitor saw the process end (``WatchedProcess``): parse, then FINISHED/FAILED."""
         if self.state != ResourceState.STARTED:
             return  # stopped or released meanwhile
         self._final_stdout = self._read_text("stdout") or ""

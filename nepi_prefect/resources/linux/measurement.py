@@ -64,11 +64,11 @@ class LinuxMeasurement(LinuxApplication):
         self._metrics.clear()
         super().do_start()
 
-    def _process_exited(self, exitcode: int | None) -> None:
+    def on_process_exited(self, exitcode: int | None) -> None:
         with self._end_lock:
             if self._stopping:
                 return
-            super()._process_exited(exitcode)
+            super().on_process_exited(exitcode)
 
     def do_stop(self) -> None:
         with self._end_lock:

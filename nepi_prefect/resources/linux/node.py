@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import shlex
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, clsinit_copy
@@ -26,9 +26,6 @@ from nepi_prefect.transport.base import Transport, TransportError
 from nepi_prefect.transport.credentials import resolve_credentials
 from nepi_prefect.transport.local import LocalTransport
 from nepi_prefect.transport.ssh import SSHConfig, SSHTransport
-
-if TYPE_CHECKING:
-    from nepi_prefect.resources.linux.application import LinuxApplication
 
 LOCALHOSTS = ("localhost",)
 
@@ -267,23 +264,38 @@ class LinuxNode(ResourceManager):
             self.transport.run("; ".join(steps), timeout=120)
 
 
+class WatchedProcess(Protocol):
+    """What a node's :class:`AppMonitor` watches (a LinuxApplication, say).
+
+    A process launched by a wrapper that writes ``pid`` in ``run_home`` at
+    start and ``exitcode`` there when it ends.
+    """
+
+    @property
+    def run_home(self) -> str | None: ...
+
+    def on_process_exited(self, exitcode: int | None) -> None:
+        """The process ended; ``exitcode`` is None if it died without writing one.
+        Called once, on the EC's dispatcher."""
+
+
 class AppMonitor:
     """Polls all running applications of one node with ONE command per period.
 
     An app's wrapper writes ``exitcode`` when its process ends; the poll reads
     those files with shell builtins only (no process per app) and hands each
-    result to the app on the EC's dispatcher.
+    result to the app's :meth:`WatchedProcess.on_process_exited` on the EC's dispatcher.
     """
 
     def __init__(self, node: LinuxNode, period: float = 0.2):
         self.node = node
         self.period = period
-        self._apps: dict[str, "LinuxApplication"] = {}
+        self._apps: dict[str, WatchedProcess] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def watch(self, app: "LinuxApplication") -> None:
+    def watch(self, app: WatchedProcess) -> None:
         with self._lock:
             self._apps[app.run_home] = app
             if self._thread is None or not self._thread.is_alive():
@@ -292,7 +304,7 @@ class AppMonitor:
                     target=self._loop, name=f"nepi-monitor-{self.node.guid}", daemon=True)
                 self._thread.start()
 
-    def unwatch(self, app: "LinuxApplication") -> None:
+    def unwatch(self, app: WatchedProcess) -> None:
         with self._lock:
             if self._apps.get(app.run_home) is app:
                 del self._apps[app.run_home]
@@ -313,7 +325,7 @@ class AppMonitor:
             except Exception as exc:  # connection trouble: the processes run on; retry
                 self.node.debug(f"status poll failed, retrying: {exc}")
 
-    def _poll(self, apps: dict[str, "LinuxApplication"]) -> None:
+    def _poll(self, apps: dict[str, WatchedProcess]) -> None:
         dirs = " ".join(shlex.quote(d) for d in apps)
         script = (f"for d in {dirs}; do "
                   f'if [ -f "$d/exitcode" ]; then read -r rc < "$d/exitcode"; echo "F $rc $d"; '
@@ -328,7 +340,7 @@ class AppMonitor:
                 continue
             self.unwatch(app)
             code = _int_or_none(rc) if kind == "F" else None
-            app.ec.schedule("0s", functools.partial(app._process_exited, code))
+            self.node.ec.schedule("0s", functools.partial(app.on_process_exited, code))
 
 
 def _int_or_none(text: str) -> int | None:
