@@ -57,3 +57,43 @@ def test_lower_layers_load_without_prefect():
             "sys.exit(1 if bad else 0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_node_does_not_import_its_applications():
+    """The node drives apps through the WatchedProcess protocol: no node <-> application circle."""
+    node = PACKAGE / "resources" / "linux" / "node.py"
+    assert not [name for _, name in _imports(node) if name.endswith("linux.application")]
+
+
+#: files allowed to read a variable by name, and why
+ENV_READERS = {
+    "settings.py": "the home of every project setting",
+    "spec/io.py": "a description's {\"env\": VAR} values are user data, read where they are used",
+}
+
+
+def _env_reads(path: Path) -> list[int]:
+    """Lines where ``path`` reads one variable from the environment (``os.environ[...]``,
+    ``.get``, ``in``, ``os.getenv``); copying the whole environment for a child is not a read."""
+    tree = ast.parse(path.read_text(), str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "getenv":
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr == "environ":
+            parent = parents.get(node)
+            if isinstance(parent, ast.Subscript) or isinstance(parent, ast.Compare) or (
+                    isinstance(parent, ast.Attribute) and parent.attr in ("get", "setdefault")):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_settings_are_read_from_the_environment_in_settings_only():
+    # execution/ is the engine's own business (its RECORDER_ENV etc. come from settings too).
+    bad = [f"{rel}:{line}"
+           for path in sorted(PACKAGE.rglob("*.py"))
+           if not (rel := path.relative_to(PACKAGE).as_posix()).startswith("execution/")
+           and rel not in ENV_READERS
+           for line in _env_reads(path)]
+    assert not bad, "environment read outside nepi_prefect/settings.py:\n" + "\n".join(bad)
