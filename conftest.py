@@ -7,6 +7,8 @@ because pytest only accepts ``pytest_plugins`` in the top-level conftest.
 import os
 import tempfile
 
+import pytest
+
 # Keep test runs away from the user's own Prefect database and results, and
 # keep the engine-only tests fast: Prefect tests opt in to the Prefect recorder.
 _session_home = tempfile.mkdtemp(prefix="nepi-prefect-tests-")
@@ -17,3 +19,16 @@ os.environ.setdefault("NEPI_PREFECT_RECORDER", "none")
 
 pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.prefect_api", "tests.fixtures.netns",
                   "tests.fixtures.sudo_user"]
+
+#: fixtures that start or talk to a Prefect API
+PREFECT_FIXTURES = {"prefect_server", "scheduling_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses a Prefect API must say so, so ``-m "not prefect"`` runs without one."""
+    unmarked = [item.nodeid for item in items
+                if PREFECT_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("prefect") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using a Prefect API need @pytest.mark.prefect: "
+                                + ", ".join(unmarked))

@@ -1,12 +1,36 @@
-"""Small helpers shared by the test modules that build experiments by hand."""
+"""Small helpers shared by the test modules: polling with a deadline, and
+experiments built by hand."""
 
 from __future__ import annotations
 
 import os
-from typing import Iterator
+import time
+from typing import Callable, Iterator, TypeVar
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.recording import Recorder
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0,
+               message: str | Callable[[], str] | None = None, interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something true, and return that.
+
+    Fails the test after ``timeout`` seconds, saying what was awaited: ``message``
+    (a callable is called then, e.g. to read a log), else the predicate's name.
+    The one poll-until of the suite: tests never sleep to synchronise.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            what = message() if callable(message) else message
+            what = what or getattr(predicate, "__name__", "condition")
+            raise AssertionError(f"not reached within {timeout:g} s: {what}")
+        time.sleep(interval)
 
 
 def engine_ec(tmp_path, prefix: str) -> Iterator[ExperimentController]:

@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.fixtures.prefect_api import free_port, launch_server, stop_server
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -87,12 +87,8 @@ def test_scheduled_deployment_runs_on_a_process_worker(scheduling_server, tmp_pa
                               env=env, cwd=tmp_path, stdout=open(tmp_path / "worker.log", "wb"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        done: list = []
-        while time.monotonic() < deadline and not done:
-            time.sleep(2)
-            done = asyncio.run(_completed_runs(api_url, "echo-every-5s"))
-        assert done, (tmp_path / "worker.log").read_text()[-3000:]
+        wait_until(lambda: asyncio.run(_completed_runs(api_url, "echo-every-5s")), timeout=120,
+                   message=lambda: (tmp_path / "worker.log").read_text()[-3000:], interval=2)
         summaries = list((tmp_path / "results" / "scheduled-echo").glob("*/summary.json"))
         assert summaries  # the experiment itself ran, in the worker's flow run
     finally:

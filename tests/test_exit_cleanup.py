@@ -9,14 +9,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from tests.fixtures.sshd import node_attrs
+from tests.helpers import wait_until
 
 SCRIPT = textwrap.dedent('''
-    import json, sys, time
+    import json, signal, sys
     from nepi_prefect.execution.ec import ExperimentController
 
     attrs, seconds = json.loads(sys.argv[1]), sys.argv[2]
@@ -30,23 +30,13 @@ SCRIPT = textwrap.dedent('''
     ec.deploy()
     ec.wait_started(app)
     print("STARTED", flush=True)
-    time.sleep(600)
+    signal.pause()  # until the test signals this process
 ''')
 
 
 def running(pattern: str) -> list[str]:
     found = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
-
-
-def eventually(check, timeout: float = 10.0) -> bool:
-    """Whether ``check()`` becomes true within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.ssh
@@ -59,11 +49,12 @@ def test_interrupted_script_releases_its_remote_processes(sshd, tmp_path, signum
     try:
         assert proc.stdout.readline().strip() == "STARTED", proc.stderr.read()
         # STARTED means launched; the wrapper may exec the command a moment later
-        assert eventually(lambda: running(f"sleep {seconds}")), "the app runs on the host"
+        wait_until(lambda: running(f"sleep {seconds}"), message="the app runs on the host")
         proc.send_signal(signum)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert eventually(lambda: not running(f"sleep {seconds}")), running(f"sleep {seconds}")
+    wait_until(lambda: not running(f"sleep {seconds}"),
+               message=f"the app's processes end: {running(f'sleep {seconds}')}")
     assert "exited without calling shutdown()" in proc.stderr.read()

@@ -14,6 +14,7 @@ from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.transport.ssh import SSHConfig, SSHTransport
 from tests.fixtures.sshd import node_attrs
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.ssh
 S = ResourceState
@@ -42,13 +43,6 @@ def _app(ec, node: int, **attrs) -> int:
     return a
 
 
-def _until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def _pgrep(sshd, pattern: str) -> str:
     """Processes matching ``pattern`` on the host, seen over a separate connection."""
     t = SSHTransport(SSHConfig(host=sshd.host, port=sshd.port, username=sshd.username,
@@ -75,7 +69,7 @@ def test_stream_size_and_path_while_running(ec, sshd):
     a = _app(ec, n, command="for i in $(seq 0 99); do printf '%09d\\n' $i; done; sleep 60")
     ec.deploy()
     assert ec.wait(a, (S.STARTED,) + DONE, timeout=30)
-    _until(lambda: ec.trace(a, "stdout", TraceAttr.SIZE) == 1000)
+    wait_until(lambda: ec.trace(a, "stdout", TraceAttr.SIZE) == 1000, message="1000 bytes of stdout")
     assert ec.state(a) == S.STARTED
     assert ec.trace(a, "stdout", TraceAttr.STREAM, block=10, offset=3) == "000000003\n"
     path = ec.trace(a, "stdout", TraceAttr.PATH)
@@ -170,7 +164,7 @@ def test_stop_kills_the_whole_process_group(ec, sshd):
     a = _app(ec, n, command=f"sleep {marker} & sleep {marker}; wait")
     ec.deploy()
     assert ec.wait(a, (S.STARTED,) + DONE, timeout=30)
-    _until(lambda: _pgrep(sshd, f"sleep {marker}").count("\n") == 1)
+    wait_until(lambda: _pgrep(sshd, f"sleep {marker}").count("\n") == 1, message="both sleeps run")
     ec.stop(a)
     assert ec.state(a) == S.STOPPED
     assert _pgrep(sshd, f"sleep {marker}") == ""
@@ -185,7 +179,7 @@ def test_release_kills_running_processes_and_runs_teardown(sshd, tmp_path):
         a = _app(ec, n, command=f"sleep {marker}", tearDown=f"touch {flag}")
         ec.deploy()
         assert ec.wait(a, (S.STARTED,) + DONE, timeout=30)
-        _until(lambda: _pgrep(sshd, f"sleep {marker}") != "")
+        wait_until(lambda: _pgrep(sshd, f"sleep {marker}"), message="the sleep runs")
     finally:
         ec.shutdown()
     assert _pgrep(sshd, f"sleep {marker}") == ""

@@ -11,7 +11,7 @@ from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
-from tests.helpers import add_rm, engine_ec
+from tests.helpers import add_rm, engine_ec, wait_until
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
@@ -87,7 +87,7 @@ def test_stopped_ping_keeps_its_statistics(ec, sshd):
     ec.deploy()
     assert ec.wait_started([ping], timeout=30)
     rm = ec.get_resource(ping)
-    _until(lambda: len(rm.replies()) >= 2)
+    wait_until(lambda: len(rm.replies()) >= 2, message="two ping replies")
     ec.stop(ping)
     assert rm.state == S.STOPPED
     assert rm.get_metrics()["packets_received"] >= 2
@@ -166,9 +166,3 @@ def test_udp_test_between_hosts(ec, netns_lab):
     assert sm["packets"] == cm["packets"] and sm["bytes"] > 0
 
 
-def _until(predicate, timeout: float = 30.0) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -20,7 +19,7 @@ from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
-from tests.helpers import add_rm, engine_ec
+from tests.helpers import add_rm, engine_ec, wait_until
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
@@ -55,13 +54,6 @@ def _owners(pattern: str) -> set[str]:
     out = subprocess.run(["ps", "-o", "user=", "-p", ",".join(pids)], capture_output=True,
                          text=True).stdout
     return set(out.split())
-
-
-def _until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _started(ec, guid) -> None:
@@ -110,7 +102,7 @@ def test_stopping_a_sudo_app_leaves_no_process(ec, sudo_user, command):
     a = add_rm(ec, "LinuxApplication", n, sudo=True, command=command.format(marker=marker))
     ec.deploy()
     _started(ec, a)
-    _until(lambda: _owners(f"^sleep {marker}") == {"root"})
+    wait_until(lambda: _owners(f"^sleep {marker}") == {"root"}, message="the sleep runs as root")
     ec.stop(a)
     assert ec.state(a) == S.STOPPED
     assert _pgrep(marker) == ""
@@ -125,7 +117,7 @@ def test_releasing_a_running_sudo_app_leaves_no_process(sudo_user, tmp_path):
         a = add_rm(ec, "LinuxApplication", n, command=f"sleep {marker}", sudo=True)
         ec.deploy()
         _started(ec, a)
-        _until(lambda: _owners(f"^sleep {marker}") == {"root"})
+        wait_until(lambda: _owners(f"^sleep {marker}") == {"root"}, message="the sleep runs as root")
     finally:
         ec.shutdown()
     assert ec.state(a) == S.RELEASED

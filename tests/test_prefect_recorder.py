@@ -19,6 +19,8 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 
+pytestmark = pytest.mark.prefect
+
 SECRET = "s3cr3t-" + uuid.uuid4().hex
 
 

@@ -7,6 +7,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -15,6 +17,8 @@ from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from tests import engine_rms  # noqa: F401  (registers the test RM types)
 from tests.fixtures.prefect_api import free_port, launch_server, stop_server
+
+pytestmark = pytest.mark.prefect
 
 
 def apps(ec: ExperimentController, count: int, duration: float) -> list[int]:

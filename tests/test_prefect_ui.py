@@ -6,11 +6,15 @@ import shutil
 import subprocess
 import uuid
 
+import pytest
+
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 
 from tests import engine_rms  # noqa: F401  (registers the test RM types)
+
+pytestmark = pytest.mark.prefect
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
