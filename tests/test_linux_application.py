@@ -79,16 +79,24 @@ def test_stream_size_and_path_while_running(ec, sshd):
     assert ec.state(a) == S.STOPPED
 
 
-def test_code_and_build_with_gcc(ec, sshd):
+def test_nepi_build_runs_in_run_home_and_every_run_gets_its_output(ec, sshd):
+    """NEPI's convention: build and install run in ${RUN_HOME}, so a relative ``-o hello``
+    lands where ``${RUN_HOME}/hello`` finds it, also for the app that reuses the build."""
     n = _node(ec, sshd)
     code = '#include <stdio.h>\nint main(void){printf("hello from C\\n");return 0;}\n'
-    a = _app(ec, n, code=code, build="cp code hello.c && gcc -o hello hello.c",
-             command="${APP_HOME}/hello")
+    attrs = dict(code=code, build="gcc -x c ${APP_HOME}/code -o hello",
+                 install="./hello > installed.txt", command="${RUN_HOME}/hello && cat installed.txt")
+    apps = [_app(ec, n, **attrs), _app(ec, n, **attrs)]  # same inputs: one build, shared
     ec.deploy()
-    assert ec.wait(a, DONE, timeout=60)
-    assert ec.state(a) == S.FINISHED, ec.get_resource(a).failure
-    assert ec.trace(a, "stdout") == "hello from C\n"
-    assert ec.trace(a, "deploy_exitcode").strip() == "0"
+    assert ec.wait(apps, DONE, timeout=120)
+    for a in apps:
+        assert ec.state(a) == S.FINISHED, ec.get_resource(a).failure
+        assert ec.trace(a, "stdout") == "hello from C\nhello from C\n"
+        assert ec.trace(a, "deploy_exitcode").strip() == "0"
+    homes = {ec.get_resource(a).app_home for a in apps}
+    assert len(homes) == 1 and len({ec.get_resource(a).run_home for a in apps}) == 2
+    # built once: the compiler's output went to one run_home, not to the shared app_home
+    assert not os.path.exists(f"{homes.pop()}/hello")
 
 
 def test_failed_build_fails_the_app_with_its_error(ec, sshd):

@@ -3,10 +3,10 @@
 Deploy prepares the app_home (packages, sources, code, build, install: done
 once per node for the same inputs) and the run_home. Start writes two files
 in run_home, ``command`` (the user's command) and ``wrapper.sh``, and launches
-the wrapper with ``setsid nohup``: it runs in its own session (so stop kills
-the whole process group), survives a dropped connection, and writes the exit
-code to ``exitcode``. The node's monitor notices the file and calls
-:meth:`LinuxApplication.on_process_exited`.
+the wrapper with ``setsid nohup``: it runs in its own session, survives a
+dropped connection, tags what it starts (see :mod:`.processes`, which stop and
+release use to kill all of it), and writes the exit code to ``exitcode``.
+The node's monitor notices the file and calls :meth:`LinuxApplication.on_process_exited`.
 
 Subclasses override :meth:`build_command` and :meth:`on_finished`, and may
 give ``depends`` a default.
@@ -28,12 +28,15 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.execution.trace import Trace, TraceAttr
 from nepi_prefect.resources.linux.node import LinuxNode
+from nepi_prefect.resources.linux.processes import kill_app, tag_export
 
 #: how often an app checks whether its node is READY
 NODE_WAIT = "0.1s"
 _URL = re.compile(r"^(https?|ftp)://", re.I)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEPLOY_TRACES = ("deploy_stdout", "deploy_stderr", "deploy_exitcode")
+#: in app_home: what build and install left in ${RUN_HOME}, for the runs that reuse the build
+_KEPT_RUN_HOME = ".nepi-run-home"
 
 
 class ApplicationError(RuntimeError):
@@ -60,8 +63,9 @@ class LinuxApplication(ResourceManager):
             ("sources", "Local paths or URLs (space-separated), put in ${APP_HOME}"),
             ("files", "Local paths (space-separated), uploaded to ${RUN_HOME}"),
             ("code", "Text stored as the file ${APP_HOME}/code"),
-            ("build", "Shell commands run in ${APP_HOME} at deploy (once per node)"),
-            ("install", "Shell commands run in ${APP_HOME} at deploy, after build"),
+            ("build", "Shell commands run in ${RUN_HOME} at deploy (once per node; what they "
+                      "leave there is copied to later runs)"),
+            ("install", "Shell commands run in ${RUN_HOME} at deploy, after build"),
             ("stdin", "A local file, or text, given to the process as standard input"),
             ("tearDown", "Shell command run in ${RUN_HOME} at release"),
         ):
@@ -167,11 +171,18 @@ class LinuxApplication(ResourceManager):
         return any(self.get(n) for n in ("sources", "code", "build", "install"))
 
     def _prepare_app_home(self, node: LinuxNode) -> None:
+        """Sources and code in ${APP_HOME}; build and install run in ${RUN_HOME}, as in NEPI.
+
+        They run once per node for the same inputs. What they leave in their
+        working directory is kept in ``${APP_HOME}/.nepi-run-home`` and copied
+        into the run_home of every later app that reuses this app_home.
+        """
         if not self._needs_app_home():
             return
-        home = shlex.quote(self._app_home)
+        home, run = shlex.quote(self._app_home), shlex.quote(self._run_home)
+        kept = f"{home}/{_KEPT_RUN_HOME}"
         with node.app_lock(os.path.basename(self._app_home)):
-            if node.transport.run(f"[ -f {home}/.nepi-ready ]").ok:
+            if node.transport.run(f"[ -f {home}/.nepi-ready ] && cp -a {kept}/. {run}/").ok:
                 self.debug(f"reusing {self._app_home}")
                 return
             self._fetch_sources(node)
@@ -180,8 +191,10 @@ class LinuxApplication(ResourceManager):
             steps = [s for s in (self.replace_paths(self.get("build")),
                                  self.replace_paths(self.get("install"))) if s]
             body = " && ".join(f"( {s}\n)" for s in steps) or "true"
-            script = (f"cd {home} && {{ {body}; }} > deploy_stdout 2> deploy_stderr; rc=$?; "
-                      f"echo $rc > deploy_exitcode; [ $rc = 0 ] && touch .nepi-ready; exit $rc")
+            script = (f"cd {run} && {{ {body}; }} > {home}/deploy_stdout 2> {home}/deploy_stderr; "
+                      f"rc=$?; echo $rc > {home}/deploy_exitcode; [ $rc = 0 ] && "
+                      f"{{ rm -rf {kept} && mkdir {kept} && cp -a {run}/. {kept}/ "
+                      f"&& touch {home}/.nepi-ready || rc=$?; }}; exit $rc")
             result = node.transport.run(script, timeout=3600)
             if not result.ok:
                 err = node.transport.read(f"{self._app_home}/deploy_stderr") or b""
@@ -242,6 +255,7 @@ class LinuxApplication(ResourceManager):
         sudo = "sudo -n -E " if self.get("sudo") and not self.node.is_root else ""
         return "\n".join([
             f"cd {shlex.quote(self._run_home)} || exit 1",
+            tag_export(self._run_home),
             *exports,
             f"{sudo}bash ./command < {stdin} > stdout 2> stderr",
             "echo $? > exitcode.tmp && mv exitcode.tmp exitcode",
@@ -285,19 +299,10 @@ class LinuxApplication(ResourceManager):
         super().do_stop()
 
     def _kill_command(self, graceful: bool) -> str:
-        """Kill the app's process group: TERM, a short grace, then KILL."""
+        """Kill the app's session, process tree and tagged processes: TERM, a grace, then KILL."""
         sudo = "sudo -n " if self.get("sudo") and not self.node.is_root else ""
-        pid = self._pid
-        # the final pkill -s sweeps the session: children that moved to another group
-        kill = (f"{sudo}kill -KILL -- -{pid} 2>/dev/null; "
-                f"command -v pkill >/dev/null && {sudo}pkill -KILL -s {pid} 2>/dev/null; true")
-        if not graceful:
-            return kill
-        # zombies waiting for a slow init would look alive to kill -0: ask ps when we can
-        alive = (f"if command -v ps >/dev/null; then ps -o stat= --sid {pid} 2>/dev/null "
-                 f"| grep -qv '^Z'; else {sudo}kill -0 -- -{pid} 2>/dev/null; fi")
-        return (f"{sudo}kill -TERM -- -{pid} 2>/dev/null; i=0; "
-                f"while {alive} && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; {kill}")
+        return kill_app(str(self._pid), shlex.quote(self._run_home), sudo,
+                        signal="TERM" if graceful else "KILL")
 
     # -- release ------------------------------------------------------------------------------
     def do_release(self) -> None:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, clsinit_copy
+from nepi_prefect.resources.linux.processes import kill_app
 from nepi_prefect.transport.base import Transport, TransportError
 from nepi_prefect.transport.credentials import resolve_credentials
 from nepi_prefect.transport.local import LocalTransport
@@ -255,9 +256,9 @@ class LinuxNode(ResourceManager):
         steps = []
         if self.get("cleanProcesses"):
             sudo = "" if self._is_root else "sudo -n "
+            kill = kill_app('"$p"', '"${f%/pid}"', sudo, signal="KILL")
             steps.append(f"for f in {shlex.quote(self.exp_run_home)}/*/pid; do "
-                         f'[ -f "$f" ] && read -r p < "$f" && {sudo}kill -KILL -- "-$p" 2>/dev/null; '
-                         f"done; true")
+                         f'[ -f "$f" ] && read -r p < "$f" && {{ {kill}; }}; done; true')
         if self.get("cleanExperiment"):
             steps.append(self._remove_tree(self.exp_home))
         if steps:
