@@ -28,7 +28,7 @@ def lent():
 
 def test_without_a_loader_the_error_says_what_is_missing(lent):
     with pytest.raises(CredentialsError, match=r"credentials block 'lab-key' needs the Prefect "
-                                               r"blocks: import nepi_prefect.orchestration.blocks"):
+                                               r"blocks: import nepi_prefect.orchestration.logins"):
         resolve_credentials("lab-key")
     with pytest.raises(CredentialsError, match="inventory block 'lab' needs the Prefect blocks"):
         resolve_inventory_node("lab", "n1")

@@ -2,9 +2,9 @@
 
 Where they are saved is not the transport's business. An upper layer lends
 the loaders by registering them here: the Prefect bridge
-(``nepi_prefect.orchestration.blocks``) registers its block loaders when it is
-imported, which the ``nepi-prefect`` CLI, the flows and the Prefect recorder
-do. Without a registered loader, naming saved credentials is a clear error.
+(``nepi_prefect.orchestration.logins``) registers its block loaders when it is
+imported, which the ``nepi-prefect`` CLI, the flows, the Prefect recorder and
+the blocks module do. Without a registered loader, naming saved credentials is a clear error.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ CredentialsResolver = Callable[[str], Mapping[str, Any]]
 InventoryResolver = Callable[[str, str], Mapping[str, Any]]
 
 _KEYS = ("username", "private_key", "password", "known_hosts")
-_HINT = ("import nepi_prefect.orchestration.blocks (the nepi-prefect CLI, the flows and the "
+_HINT = ("import nepi_prefect.orchestration.logins (the nepi-prefect CLI, the flows and the "
          "Prefect recorder do), or register a loader with "
          "nepi_prefect.transport.credentials.{}()")
 
