@@ -45,10 +45,13 @@ def kill_app(pid: str, run_home: str, sudo: str = "", signal: str = "TERM",
     then SIGKILL until none is left. ``signal="KILL"`` skips the grace.
     """
     # A function, so the listing is written once: the wait and the KILL loop list again.
+    # The group kills are all that a host without ps and /proc still gets.
     listing = f"_nepi_pids() {{ {app_pids(pid, run_home, sudo)}; }}; "
     first = "" if signal == "KILL" else (
+        f"{sudo}kill -{signal} -- -{pid} 2>/dev/null; "
         f"p=$(_nepi_pids); [ -n \"$p\" ] && {sudo}kill -{signal} $p 2>/dev/null; i=0; "
         f"while [ $i -lt {grace_ticks} ] && [ -n \"$(_nepi_pids)\" ]; do sleep 0.1; i=$((i+1)); done; ")
     # KILL again while something is left: a process may fork between the listing and the kill.
-    return (listing + first + "for j in 1 2 3 4 5; do p=$(_nepi_pids); [ -z \"$p\" ] && break; "
+    return (listing + first + f"{sudo}kill -KILL -- -{pid} 2>/dev/null; "
+            "for j in 1 2 3 4 5; do p=$(_nepi_pids); [ -z \"$p\" ] && break; "
             f"{sudo}kill -KILL $p 2>/dev/null; sleep 0.1; done; true")
