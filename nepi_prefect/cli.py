@@ -104,6 +104,18 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def print_hosts(summary: dict[str, Any]) -> None:
+    """Per-host accounting: how many hosts did their part, and why the others failed."""
+    hosts = summary.get("hosts") or []
+    if not hosts:
+        return
+    bad = [h for h in hosts if not h["ok"]]
+    out.print(f"hosts: {len(hosts) - len(bad)} ok, {len(bad)} failed")
+    for h in bad:
+        err.print(f"[red]host {h['host']}[/red] (guid {h['guid']}): {h['reason']}: "
+                  f"{h['detail']}", markup=True, highlight=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from nepi_prefect.spec.io import apply_overrides, build_experiment, read_description
     from nepi_prefect.spec.run import ended_well, run_experiment, state_counts
@@ -121,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_experiment(ec, timeout=args.timeout, on_tick=tick)
     out.print(summary_table(summary))
     out.print(f"results: {summary['run_dir']}")
+    print_hosts(summary)
     for res in summary["resources"]:
         if res.get("failure"):
             err.print(f"[red]{res.get('name') or res['guid']}[/red] ({res['rtype']} {res['guid']}) "

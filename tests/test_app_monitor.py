@@ -18,7 +18,8 @@ class Watched:
         self.codes: list[int | None] = []
         self.done = threading.Event()
 
-    def on_process_exited(self, exitcode: int | None) -> None:
+    def on_process_exited(self, exitcode: int | None, outputs: dict[str, bytes] | None = None,
+                          lost: str | None = None) -> None:
         self.codes.append(exitcode)
         self.done.set()
 

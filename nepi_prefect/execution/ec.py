@@ -942,9 +942,14 @@ class ExperimentController:
                 "times": times, "traces": dict(rm.collected), "metrics": rm.get_metrics(),
                 "failure": rm.failure,
             })
-        return {"exp_id": self._exp_id, "run_id": self._run_id,
-                "state": "FAILED" if self._failure else "COMPLETED",
-                "failure": self._failure, "run_dir": self.run_dir, "resources": resources}
+        summary = {"exp_id": self._exp_id, "run_id": self._run_id,
+                   "state": "FAILED" if self._failure else "COMPLETED",
+                   "failure": self._failure, "run_dir": self.run_dir, "resources": resources}
+        hosts = [report for rm in self._resources.values()
+                 if (report := rm.host_report()) is not None]
+        if hosts:  # which hosts did their part and which failed, and why
+            summary["hosts"] = sorted(hosts, key=lambda h: h["guid"])
+        return summary
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         """Keep ``summary.json`` in the run directory (``nepi-prefect results`` reads it)."""

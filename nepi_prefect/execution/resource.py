@@ -522,6 +522,11 @@ class ResourceManager:
     def do_fail(self) -> None:
         self.set_failed()
 
+    def host_report(self) -> dict[str, Any] | None:
+        """How the host this RM stands for fared (reachable or why not), for the
+        run's per-host accounting in the summary; None for RMs that are no host."""
+        return None
+
     def release_after(self) -> list[int]:
         """Guids released before this RM when both are released (a node after its apps)."""
         return []

@@ -7,11 +7,23 @@ from dataclasses import dataclass
 
 
 class TransportError(RuntimeError):
-    """The host could not be reached, or the connection broke."""
+    """The host could not be reached, or the connection broke.
+
+    ``kind`` says why, for per-host accounting: ``unreachable`` (no TCP or no
+    SSH answer), ``auth``, ``host-key``, ``lost`` (a connection broke) or
+    ``timeout`` (a command ran too long).
+    """
+
+    def __init__(self, message: str, kind: str = "lost"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class TransportTimeout(TransportError):
     """A command did not finish within its time limit."""
+
+    def __init__(self, message: str, kind: str = "timeout"):
+        super().__init__(message, kind)
 
 
 @dataclass
@@ -44,6 +56,10 @@ class Transport(abc.ABC):
     def connect(self) -> None:
         """Open the connection now (raise TransportError with the reason if not)."""
 
+    def warm(self, sessions: int) -> None:
+        """Start opening up to ``sessions`` command sessions in the background, so the
+        first commands sent at once do not each wait for one (no-op by default)."""
+
     @abc.abstractmethod
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
         """Run ``command`` with bash on the host; its stdin is /dev/null."""
@@ -51,6 +67,16 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def read(self, path: str, offset: int = 0, size: int = -1) -> bytes | None:
         """Bytes of a host file from ``offset`` (all when size < 0); None if it is missing."""
+
+    def read_many(self, paths: list[str], limit: int = 1 << 20) -> dict[str, bytes]:
+        """The bytes of every file of ``paths`` that exists and holds at most ``limit``
+        bytes, in as few round trips as the transport can; the others are left out."""
+        found = {}
+        for path in paths:
+            data = self.read(path, 0, limit + 1)
+            if data is not None and len(data) <= limit:
+                found[path] = data
+        return found
 
     @abc.abstractmethod
     def size(self, path: str) -> int | None:

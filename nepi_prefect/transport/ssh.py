@@ -25,11 +25,14 @@ from dataclasses import dataclass
 import paramiko
 
 from nepi_prefect.transport.base import CommandResult, Transport, TransportError, TransportTimeout
+from nepi_prefect.transport.bulk import bulk_read_snippet, parse_bulk
 
 # paramiko logs tracebacks for failures this module reports itself, clearly
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 _SHELL = "exec bash --noprofile --norc -s"
+#: commands at least this long (bytes) are read by head, not byte by byte by bash
+_BIG = 4096
 
 
 @dataclass
@@ -81,9 +84,16 @@ class _Shell:
         mark = f"__NEPI_END_{self.tag}_{self.count}__"
         # eval of a quoted string: a syntax error in the command cannot
         # confuse the framing of the shell that reads this script.
-        script = (f"( eval {shlex.quote(command)} ) </dev/null; "
-                  f"printf '\\n{mark} %d\\n' $?; printf '\\n{mark}\\n' >&2\n")
-        self.chan.sendall(script.encode())
+        tail = f"printf '\\n{mark} %d\\n' $?; printf '\\n{mark}\\n' >&2\n"
+        body = command.encode()
+        if len(body) < _BIG:
+            script = f"( eval {shlex.quote(command)} ) </dev/null; {tail}".encode()
+        else:
+            # bash reads a pipe one byte per read(2), to leave what follows a
+            # command alone; head reads a big batch (fan-out) in blocks instead
+            script = (f'__nepi_c="$(head -c {len(body)})"\n'.encode() + body
+                      + f'( eval "$__nepi_c" ) </dev/null; {tail}'.encode())
+        self.chan.sendall(script)
         deadline = None if timeout is None else time.monotonic() + timeout
         out, err, rc = self._collect(mark.encode(), deadline)
         return CommandResult(out.decode(errors="replace"), err.decode(errors="replace"), rc)
@@ -151,6 +161,29 @@ class SSHTransport(Transport):
     def connect(self) -> None:
         self._ensure_connected()
 
+    def warm(self, sessions: int) -> None:
+        """Open up to ``sessions`` shells at once, in background threads: each costs
+        the host a shell start (~100 ms) that would otherwise come one at a time."""
+        count = min(sessions, self._max) - self._nshells
+        if count <= 0:
+            return
+        gate = threading.Barrier(count, timeout=self.config.connect_timeout)
+
+        def one() -> None:
+            try:
+                shell = self._acquire()
+            except Exception:
+                return  # warming is best effort; run() reports real trouble
+            try:
+                gate.wait()  # hold it until all are open, so each thread opens its own
+            except threading.BrokenBarrierError:
+                pass
+            finally:
+                self._give_back(shell)
+
+        for i in range(count):
+            threading.Thread(target=one, name=f"nepi-warm-{self.label}-{i}", daemon=True).start()
+
     def _ensure_connected(self) -> paramiko.Transport:
         with self._lock:
             if self._client is not None:
@@ -194,7 +227,7 @@ class SSHTransport(Transport):
             except Exception as exc:
                 raise TransportError(
                     f"cannot reach {cfg.host}:{cfg.port} through gateway {cfg.gateway}: "
-                    f"{_reason(exc, cfg.connect_timeout)}") from None
+                    f"{_reason(exc, cfg.connect_timeout)}", "unreachable") from None
         else:
             sock = self._tcp(cfg.host, cfg.port, deadline)
         client = self._connect_client(cfg.host, cfg.port, cfg.username, sock, deadline)
@@ -209,8 +242,8 @@ class SSHTransport(Transport):
             return socket.create_connection((host, port), timeout=self._left(deadline))
         except Exception as exc:
             raise TransportError(
-                f"cannot connect to {host}:{port}: {_reason(exc, self.config.connect_timeout)}"
-            ) from None
+                f"cannot connect to {host}:{port}: {_reason(exc, self.config.connect_timeout)}",
+                "unreachable") from None
 
     def _connect_client(self, host: str, port: int, username: str | None, sock,
                         deadline: float) -> paramiko.SSHClient:
@@ -233,7 +266,8 @@ class SSHTransport(Transport):
             raise TransportError(
                 f"host key of {host}:{port} has CHANGED ({exc.key.get_name()} "
                 f"{exc.key.fingerprint}, expected {exc.expected_key.fingerprint}): "
-                f"refusing to connect (possible man-in-the-middle); fix known_hosts") from None
+                f"refusing to connect (possible man-in-the-middle); fix known_hosts",
+                "host-key") from None
         except Exception as exc:
             _close_quietly(client, sock)
             reason = _reason(exc, cfg.connect_timeout)
@@ -241,7 +275,7 @@ class SSHTransport(Transport):
                 reason = f"no SSH answer within {cfg.connect_timeout}s ({reason})"
             raise TransportError(
                 f"cannot connect to {username or ''}{'@' if username else ''}{host}:{port}: "
-                f"{reason}") from None
+                f"{reason}", _kind(exc)) from None
         return client
 
     def _drop(self) -> None:
@@ -355,6 +389,17 @@ class SSHTransport(Transport):
                 raise
         return self._with_sftp(op)
 
+    def read_many(self, paths: list[str], limit: int = 1 << 20) -> dict[str, bytes]:
+        """One command per 200 files (see transport.bulk)."""
+        found: dict[str, bytes] = {}
+        for i in range(0, len(paths), 200):
+            chunk = paths[i:i + 200]
+            script = bulk_read_snippet(" ".join(shlex.quote(p) for p in chunk), limit)
+            out = self.run(script, timeout=max(60.0, self.config.connect_timeout)).stdout
+            files = parse_bulk(out, chunk)
+            found.update(super().read_many(chunk, limit) if files is None else files)
+        return found
+
     def size(self, path: str) -> int | None:
         def op(sftp: paramiko.SFTPClient):
             try:
@@ -413,6 +458,15 @@ def _reason(exc: BaseException, timeout: float | None) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def _kind(exc: BaseException) -> str:
+    """Why a login failed, in one word (see TransportError.kind)."""
+    if isinstance(exc, paramiko.AuthenticationException):
+        return "auth"
+    if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
+        return "host-key"
+    return "unreachable"
 
 
 def _close_quietly(client: paramiko.SSHClient, sock) -> None:

@@ -3,10 +3,11 @@
 Deploy prepares the app_home (packages, sources, code, build, install: done
 once per node for the same inputs) and the run_home. Start writes two files
 in run_home, ``command`` (the user's command) and ``wrapper.sh``, and launches
-the wrapper with ``setsid nohup``: it runs in its own session, survives a
-dropped connection, tags what it starts (see :mod:`.processes`, which stop and
-release use to kill all of it), and writes the exit code to ``exitcode``.
-The node's monitor notices the file and calls :meth:`LinuxApplication.on_process_exited`.
+the wrapper with ``setsid sh wrapper.sh`` (batched with the node's other
+launches, see :mod:`.hostops`): it runs in its own session, survives a dropped
+connection, tags what it starts (see :mod:`.processes`, which stop and release
+use to kill all of it), and writes the exit code to ``exitcode``. The node's
+monitor notices the file and calls :meth:`LinuxApplication.on_process_exited`.
 
 Subclasses override :meth:`build_command` and :meth:`on_finished`, and may
 give ``depends`` a default.
@@ -14,10 +15,12 @@ give ``depends`` a default.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import shlex
+import threading
 from typing import Any
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
@@ -27,11 +30,10 @@ from nepi_prefect.execution.resource import (
     clsinit_copy,
 )
 from nepi_prefect.execution.trace import Trace, TraceAttr
+from nepi_prefect.resources.linux.hostops import KILL_GRACE, Step
 from nepi_prefect.resources.linux.node import LinuxNode
 from nepi_prefect.resources.linux.processes import kill_app, tag_export
 
-#: how often an app checks whether its node is READY
-NODE_WAIT = "0.1s"
 _URL = re.compile(r"^(https?|ftp)://", re.I)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEPLOY_TRACES = ("deploy_stdout", "deploy_stderr", "deploy_exitcode")
@@ -93,6 +95,11 @@ class LinuxApplication(ResourceManager):
         self._app_home: str | None = None
         self._pid: int | None = None
         self._final_stdout: str | None = None
+        # set when no launch is on its way: a release waits for it, so that the
+        # kill (which reads run_home/pid on the host) comes after the launch
+        self._launch_done = threading.Event()
+        self._launch_done.set()
+        self._launch_sent = False
 
     # -- neighbours and places -----------------------------------------------------
     @property
@@ -142,19 +149,36 @@ class LinuxApplication(ResourceManager):
         if node.state == ResourceState.FAILED:
             raise ApplicationError(f"{self._rtype} {self.guid}: its node LinuxNode "
                                    f"{node.guid} FAILED: {node.failure or 'see its log'}")
-        if node.state < ResourceState.READY:
-            self.ec.schedule(NODE_WAIT, self.deploy)
-            return
+        if not node.when_ready(self.deploy):
+            return  # deploy() is called again when the node is READY or FAILED
+        if node.state == ResourceState.FAILED:
+            raise ApplicationError(f"{self._rtype} {self.guid}: its node LinuxNode "
+                                   f"{node.guid} FAILED: {node.failure or 'see its log'}")
         self._run_home = node.run_home(self)
         self._app_home = node.app_home(self._app_digest())
+        if not self._needs_host_work():
+            # the usual case: nothing to do on the host; the node made the run_home
+            # at its deploy, and the launch step makes sure of both directories
+            super().do_deploy()
+            return
+        dirs = " ".join(shlex.quote(d) for d in (self._run_home, self._app_home))
         depends = (self.get("depends") or "").split()
         if depends:
             node.install_packages(depends)
-        dirs = f"mkdir -p {shlex.quote(self._run_home)} {shlex.quote(self._app_home)}"
-        node.transport.run(dirs).check(f"creating {self._run_home}")
+        node.transport.run(f"mkdir -p {dirs}").check(f"creating {self._run_home}")
         self._prepare_app_home(node)
         self._upload_run_files(node)
         super().do_deploy()
+
+    def _needs_host_work(self) -> bool:
+        """Packages, sources, builds or uploads: deployed step by step, not batched."""
+        return self._needs_app_home() or any(
+            self.get(n) for n in ("depends", "files", "stdin"))
+
+    def _schedule(self, then, rc: int | None, out: str) -> None:
+        """A batched step ended (on the batcher's thread): go on on the dispatcher."""
+        self.ec.schedule("0s", functools.partial(then, rc, out))
+
 
     def _app_digest(self) -> str:
         """A hash of what makes the app_home: runs with the same inputs share it."""
@@ -235,30 +259,51 @@ class LinuxApplication(ResourceManager):
         command = self.replace_paths(self.build_command())
         if not command:
             raise ApplicationError(f"{self._rtype} {self.guid} has no command to run")
-        node = self.node
-        home = shlex.quote(self._run_home)
-        launch = (f"cd {home} && rm -f exitcode exitcode.tmp pid && "
+        home, app_home = shlex.quote(self._run_home), shlex.quote(self._app_home)
+        # built-ins only (the directories exist already), but for the launch itself:
+        # setsid (exec'd by the background child, so $! is the session and group id)
+        # and the wrapper
+        launch = (f"{{ [ -d {home} ] && [ -d {app_home} ] || mkdir -p {home} {app_home}; }} && "
+                  f"cd {home} && {{ [ ! -e exitcode ] && [ ! -e pid ] || rm -f exitcode pid; }} && "
                   f"printf '%s\\n' {shlex.quote(command)} > command && "
                   f"printf '%s\\n' {shlex.quote(self._wrapper())} > wrapper.sh && "
-                  f"( setsid nohup bash wrapper.sh > /dev/null 2>&1 < /dev/null & echo $! > pid ) "
-                  f"&& cat pid")
-        result = node.transport.run(launch).check(f"launching {self._rtype} {self.guid}")
-        self._pid = int(result.stdout.strip())
+                  f"{{ setsid sh wrapper.sh > /dev/null 2>&1 < /dev/null & }} && "
+                  f"echo $! > pid && echo $!")
+        self._launch_done.clear()
+        self._launch_sent = True
+        self.node.batcher.submit(Step(launch, self._launch_step_done))
+
+    def _launch_step_done(self, rc: int | None, out: str) -> None:
+        self._launch_done.set()
+        self._schedule(self._launched, rc, out)
+
+    def _launched(self, rc: int | None, out: str) -> None:
+        try:
+            pid = int(out.strip().splitlines()[-1]) if rc == 0 else None
+        except (ValueError, IndexError):
+            pid = None
+        if pid is None:
+            raise ApplicationError(f"{self._rtype} {self.guid}: launching failed: "
+                                   f"{out.strip()[-500:]}")
+        self._pid = pid
         self.debug(f"started, pid {self._pid}")
         super().do_start()
-        node.monitor.watch(self)
+        self.node.monitor.watch(self)
 
     def _wrapper(self) -> str:
-        """The script that runs the command and records how it ended."""
+        """The script that runs the command and records how it ended: POSIX sh, which
+        starts faster than bash (the command itself runs with bash)."""
         exports = [f"export {k}={shlex.quote(v)}" for k, v in self._env_pairs()]
         stdin = "stdin" if self.get("stdin") else "/dev/null"
         sudo = "sudo -n -E " if self.get("sudo") and not self.node.is_root else ""
         return "\n".join([
             f"cd {shlex.quote(self._run_home)} || exit 1",
             tag_export(self._run_home),
+            "trap '' HUP",  # as nohup would: a dropped connection does not end the run
             *exports,
             f"{sudo}bash ./command < {stdin} > stdout 2> stderr",
-            "echo $? > exitcode.tmp && mv exitcode.tmp exitcode",
+            # one short write: the monitor waits for a non-empty file
+            "echo $? > exitcode",
         ])
 
     def _env_pairs(self) -> list[tuple[str, str]]:
@@ -273,11 +318,20 @@ class LinuxApplication(ResourceManager):
             pairs.append((name, value))
         return pairs
 
-    def on_process_exited(self, exitcode: int | None) -> None:
-        """The node's monitor saw the process end (``WatchedProcess``): parse, then FINISHED/FAILED."""
+    def on_process_exited(self, exitcode: int | None, outputs: dict[str, bytes] | None = None,
+                          lost: str | None = None) -> None:
+        """The node's monitor saw the process end (``WatchedProcess``), with its
+        outputs read in bulk, or lost the host: parse, then FINISHED or FAILED."""
         if self.state != ResourceState.STARTED:
             return  # stopped or released meanwhile
-        self._final_stdout = self._read_text("stdout") or ""
+        if lost:
+            self.failure = f"{self._rtype} {self.guid}: {lost}"
+            self.error(self.failure)
+            self.fail()
+            return
+        outputs = outputs or {}
+        self._final_stdout = (outputs["stdout"].decode(errors="replace") if "stdout" in outputs
+                              else self._read_text("stdout") or "")
         self.on_finished(exitcode, self._final_stdout)
         if exitcode == 0:
             self.set_finished()
@@ -287,7 +341,8 @@ class LinuxApplication(ResourceManager):
                             f"code (killed?)")
         else:
             self.failure = f"{self._rtype} {self.guid}: command exited with code {exitcode}"
-        err = (self._read_text("stderr") or "").strip()[-500:]
+        err = (outputs["stderr"].decode(errors="replace") if "stderr" in outputs
+               else self._read_text("stderr") or "").strip()[-500:]
         self.error(self.failure, err=err or None)
         self.fail()
 
@@ -295,14 +350,21 @@ class LinuxApplication(ResourceManager):
         node = self.node
         node.monitor.unwatch(self)
         if self._pid is not None:
-            node.transport.run(self._kill_command(graceful=True), timeout=60)
+            self._kill(node, graceful=True)
         super().do_stop()
 
-    def _kill_command(self, graceful: bool) -> str:
-        """Kill the app's session, process tree and tagged processes: TERM, a grace, then KILL."""
-        sudo = "sudo -n " if self.get("sudo") and not self.node.is_root else ""
-        return kill_app(str(self._pid), shlex.quote(self._run_home), sudo,
-                        signal="TERM" if graceful else "KILL")
+    def _kill(self, node: LinuxNode, graceful: bool) -> None:
+        """Kill the app's session, process tree and tagged processes (TERM, a grace,
+        then KILL; see :mod:`.processes`), in a batch with the node's other kills.
+        The pid comes from run_home/pid, so a kill right after the launch finds it."""
+        sudo = "sudo -n " if self.get("sudo") and not node.is_root else ""
+        home = shlex.quote(self._run_home)
+        kill = kill_app('"$__p"', home, sudo, signal="TERM" if graceful else "KILL")
+        step = (f'__p=; read -r __p < {home}/pid 2>/dev/null; '
+                f'[ -z "$__p" ] || {{ {kill}; }}; true')
+        rc, out = node.batcher.run(step, timeout=KILL_GRACE + 30)
+        if rc is None:
+            raise ApplicationError(f"{self._rtype} {self.guid}: kill failed: {out}")
 
     # -- release ------------------------------------------------------------------------------
     def do_release(self) -> None:
@@ -310,14 +372,14 @@ class LinuxApplication(ResourceManager):
         try:
             if node is not None and node._transport is not None and self._run_home:
                 node.monitor.unwatch(self)
-                steps = []
-                if self._pid is not None:
-                    steps.append(self._kill_command(self.state == ResourceState.STARTED))
+                self._launch_done.wait(120)
+                if self._launch_sent and not (self.state != ResourceState.STARTED
+                                              and node.monitor.vacated(self._run_home)):
+                    self._kill(node, self.state == ResourceState.STARTED)
                 teardown = self.replace_paths(self.get("tearDown"))
                 if teardown:
-                    steps.append(f"( cd {shlex.quote(self._run_home)} && {teardown}\n)")
-                if steps:
-                    node.transport.run("; ".join(steps), timeout=120)
+                    node.transport.run(f"cd {shlex.quote(self._run_home)} && {teardown}\n",
+                                       timeout=120)
         except Exception as exc:
             self.error(f"clean-up on release failed: {exc}")
         finally:

@@ -64,11 +64,12 @@ class LinuxMeasurement(LinuxApplication):
         self._metrics.clear()
         super().do_start()
 
-    def on_process_exited(self, exitcode: int | None) -> None:
+    def on_process_exited(self, exitcode: int | None, outputs: dict[str, bytes] | None = None,
+                          lost: str | None = None) -> None:
         with self._end_lock:
             if self._stopping:
                 return
-            super().on_process_exited(exitcode)
+            super().on_process_exited(exitcode, outputs, lost)
 
     def do_stop(self) -> None:
         with self._end_lock:

@@ -15,13 +15,14 @@ Layout on the host::
 
 from __future__ import annotations
 
-import functools
 import shlex
 import threading
-from typing import Protocol
+from typing import Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
-from nepi_prefect.execution.resource import ResourceManager, clsinit_copy
+from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
+from nepi_prefect.resources.linux.hostops import HostBatcher
+from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
 from nepi_prefect.transport.base import Transport, TransportError
 from nepi_prefect.transport.credentials import resolve_credentials
@@ -96,6 +97,9 @@ class LinuxNode(ResourceManager):
         self._installed: set[str] = set()
         self._app_locks: dict[str, threading.Lock] = {}
         self._monitor: AppMonitor | None = None
+        self._batcher: HostBatcher | None = None
+        self._waiting: list[Callable[[], None]] = []
+        self._host_failure: tuple[str, str] | None = None  # (kind, detail)
 
     # -- where things live -----------------------------------------------------
     @property
@@ -150,6 +154,49 @@ class LinuxNode(ResourceManager):
                 self._monitor = AppMonitor(self)
             return self._monitor
 
+    @property
+    def batcher(self) -> HostBatcher:
+        """Runs the short remote steps of the node's apps, one command per batch."""
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = HostBatcher(self.transport, f"{self.guid}")
+            return self._batcher
+
+    def when_ready(self, callback: Callable[[], None]) -> bool:
+        """True if the node is READY (or FAILED) now; else False, and ``callback`` is
+        scheduled on the dispatcher when it is (no polling by the waiting apps)."""
+        with self._lock:
+            if self.state >= ResourceState.READY:
+                return True
+            self._waiting.append(callback)
+            return False
+
+    def _wake_waiting(self) -> None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            self.ec.schedule("0s", callback)
+
+    def host_lost(self, reason: str) -> None:
+        """The monitor found the host gone: remembered for the per-host report."""
+        self._host_failure = ("lost", reason)
+
+    def host_report(self) -> dict:
+        """How this host fared: reachable or why not, and how its RMs ended."""
+        outcomes = [self.ec.outcome(rm) for rm in self.get_connected()]
+        failed = outcomes.count("FAILED")
+        if self._host_failure is not None:
+            reason, detail = self._host_failure
+        elif self.ready_time is None:
+            reason, detail = "not deployed", "the node never became READY"
+        elif failed:
+            reason, detail = "command failed", f"{failed} of {len(outcomes)} RMs FAILED"
+        else:
+            reason, detail = None, None
+        label = self._transport.label if self._transport is not None else self.get("hostname")
+        return {"guid": self.guid, "host": label, "ok": reason is None, "reason": reason,
+                "detail": detail, "rms": len(outcomes), "rms_failed": failed}
+
     # -- connection ---------------------------------------------------------------
     def _make_transport(self) -> Transport:
         if self.is_localhost:
@@ -182,26 +229,52 @@ class LinuxNode(ResourceManager):
 
     def do_deploy(self) -> None:
         self._transport = self._make_transport()
+        # one round trip, built-ins only: where home is, root or not, the package
+        # manager, and (unless cleanHome must run first) this run's directories
+        home = shlex.quote(self.get("home")) if self.get("home") else '"$HOME"'
+        probe = (f'h={home}; h="${{h:-/tmp}}"; echo "$h"; echo "$EUID"; '
+                 f"command -v apt-get || command -v dnf || command -v yum || echo")
+        if not self.get("cleanHome"):
+            probe += f"; {self._mkdirs('${h%/}')}"
         try:
             self._transport.connect()
-            probe = self._transport.run(
-                'echo "$HOME"; id -u; command -v apt-get || command -v dnf || '
-                'command -v yum || true', timeout=max(30.0, self.get("connectTimeout")))
+            self._transport.warm(3)  # the probe's, the batcher's and the monitor's shells
+            result = self._transport.run(probe, timeout=max(30.0, self.get("connectTimeout")))
         except TransportError as exc:
+            self._host_failure = (exc.kind, str(exc))
             self.failure = f"LinuxNode {self.guid}: host unreachable: {exc}"
             raise NodeError(self.failure) from None
-        lines = probe.stdout.splitlines() + ["", "", ""]
-        self._home = self.get("home") or lines[0].strip() or "/tmp"
+        lines = result.stdout.splitlines() + ["", "", ""]
+        self._home = lines[0].strip() or "/tmp"
         self._is_root = lines[1].strip() == "0"
         self._pkg_manager = lines[2].strip().rsplit("/", 1)[-1] or None
         if self.get("home") is None:
             self._set_value("home", self._home)
-        prep = f"mkdir -p {shlex.quote(self.exp_run_home)} {shlex.quote(self.node_home)}/apps"
-        if self.get("cleanHome"):
-            prep = f"{self._remove_tree(self.node_home)} && {prep}"
-        self._transport.run(prep).check(f"preparing {self.exp_run_home} on {self._transport.label}")
+        try:
+            if self.get("cleanHome"):
+                prep = (f"h={shlex.quote(self._home.rstrip('/'))}; "
+                        f"{self._remove_tree(self.node_home)} && {self._mkdirs('$h')}")
+                result = self._transport.run(prep)
+            result.check(f"preparing {self.exp_run_home} on {self._transport.label}")
+        except TransportError as exc:
+            self._host_failure = ("command failed", str(exc))
+            raise
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
+        self._wake_waiting()
+
+    def _mkdirs(self, home: str) -> str:
+        """mkdir of this run's directory and of the run_home of every RM on the node
+        (``home`` may be a shell expansion), so that apps need no round trip at deploy."""
+        base = f'"{home}/.nepi-prefect"'
+        run = f"{base}/exp/{shlex.quote(self.ec.exp_id)}/{shlex.quote(self.ec.run_id)}"
+        homes = " ".join(f"{run}/{shlex.quote(f'{rm.get_rtype()}-{rm.guid}')}"
+                         for rm in self.get_connected())
+        return f"mkdir -p {run} {base}/apps {homes}"
+
+    def do_fail(self) -> None:
+        super().do_fail()
+        self._wake_waiting()  # the apps waiting for READY learn it never comes
 
     def _remove_tree(self, path: str) -> str:
         """A command that removes ``path``; a user who is not root tries sudo next,
@@ -243,6 +316,8 @@ class LinuxNode(ResourceManager):
         try:
             if self._monitor is not None:
                 self._monitor.stop()
+            if self._batcher is not None:
+                self._batcher.close()
             if self._transport is not None and self._home is not None:
                 self._clean_up()
         except Exception as exc:
@@ -263,92 +338,6 @@ class LinuxNode(ResourceManager):
             steps.append(self._remove_tree(self.exp_home))
         if steps:
             self.transport.run("; ".join(steps), timeout=120)
-
-
-class WatchedProcess(Protocol):
-    """What a node's :class:`AppMonitor` watches (a LinuxApplication, say).
-
-    A process launched by a wrapper that writes ``pid`` in ``run_home`` at
-    start and ``exitcode`` there when it ends.
-    """
-
-    @property
-    def run_home(self) -> str | None: ...
-
-    def on_process_exited(self, exitcode: int | None) -> None:
-        """The process ended; ``exitcode`` is None if it died without writing one.
-        Called once, on the EC's dispatcher."""
-
-
-class AppMonitor:
-    """Polls all running applications of one node with ONE command per period.
-
-    An app's wrapper writes ``exitcode`` when its process ends; the poll reads
-    those files with shell builtins only (no process per app) and hands each
-    result to the app's :meth:`WatchedProcess.on_process_exited` on the EC's dispatcher.
-    """
-
-    def __init__(self, node: LinuxNode, period: float = 0.2):
-        self.node = node
-        self.period = period
-        self._apps: dict[str, WatchedProcess] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, app: WatchedProcess) -> None:
-        with self._lock:
-            self._apps[app.run_home] = app
-            if self._thread is None or not self._thread.is_alive():
-                self._stop.clear()
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"nepi-monitor-{self.node.guid}", daemon=True)
-                self._thread.start()
-
-    def unwatch(self, app: WatchedProcess) -> None:
-        with self._lock:
-            if self._apps.get(app.run_home) is app:
-                del self._apps[app.run_home]
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.period):
-            with self._lock:
-                apps = dict(self._apps)
-            if not apps:
-                continue
-            try:
-                self._poll(apps)
-            except Exception as exc:  # connection trouble: the processes run on; retry
-                self.node.debug(f"status poll failed, retrying: {exc}")
-
-    def _poll(self, apps: dict[str, WatchedProcess]) -> None:
-        dirs = " ".join(shlex.quote(d) for d in apps)
-        script = (f"for d in {dirs}; do "
-                  f'if [ -f "$d/exitcode" ]; then read -r rc < "$d/exitcode"; echo "F $rc $d"; '
-                  f'elif [ -f "$d/pid" ] && read -r p < "$d/pid" && kill -0 "$p" 2>/dev/null; then :; '
-                  f'elif [ -f "$d/exitcode" ]; then read -r rc < "$d/exitcode"; echo "F $rc $d"; '
-                  f'else echo "D - $d"; fi; done')
-        result = self.node.transport.run(script, timeout=60)
-        for line in result.stdout.splitlines():
-            kind, rc, d = (line.split(" ", 2) + ["", ""])[:3]
-            app = apps.get(d)
-            if app is None or kind not in ("F", "D"):
-                continue
-            self.unwatch(app)
-            code = _int_or_none(rc) if kind == "F" else None
-            self.node.ec.schedule("0s", functools.partial(app.on_process_exited, code))
-
-
-def _int_or_none(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 def _load_pkey(text: str, name: str):

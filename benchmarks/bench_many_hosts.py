@@ -1,0 +1,216 @@
+"""Fan-out over many SSH hosts: nepi-prefect against apssh, same hosts, same commands.
+
+Starts H namespace hosts, each with its own sshd on its own veth address
+(tests/fixtures/multihost.py), and runs ``echo hello-<host>-<i>`` N times per
+host: deploy until every stdout is read back and checked, then release and
+shutdown. Each measurement runs in its own subprocess, so peak memory
+(ru_maxrss) is its own. Modes:
+
+* ``apssh``: apssh/asynciojobs, one SshJob per command (if apssh is installed);
+* ``engine``: nepi-prefect, no record;
+* ``prefect``: nepi-prefect with the Prefect record on a local ``prefect server``
+  on a free port (started here, under a temporary PREFECT_HOME; if it does not
+  come up in time, Prefect's ephemeral in-process API under that home).
+
+    python benchmarks/bench_many_hosts.py [--sizes 5x10 20x50] [--modes apssh engine prefect]
+
+Targets (issue 14): at 20x50, engine <= apssh's time, record <= apssh + 1 s,
+release < 2 s. "release" is ec.release() (every app killed if need be, every
+node cleaned and disconnected); "release+shutdown" adds closing the record,
+which with Prefect waits until the server confirms every task run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _expected(h: int, n: int) -> str:
+    return f"hello-{h}-{n}\n"
+
+
+def _child_apssh(hosts: list[dict], n: int) -> dict:
+    import asyncio
+
+    from apssh import SshJob, SshNode, load_private_keys
+    from apssh.formatters import CaptureFormatter
+    from asynciojobs import Scheduler
+
+    keys = load_private_keys([hosts[0]["identity"]])
+    scheduler = Scheduler()
+    formatters = []
+    start = time.perf_counter()
+    for h, attrs in enumerate(hosts):
+        fmt = CaptureFormatter(verbose=False)
+        formatters.append(fmt)
+        node = SshNode(attrs["hostname"], username=attrs["username"], keys=keys,
+                       formatter=fmt)
+        for i in range(n):
+            scheduler.add(SshJob(node=node, command=f"echo hello-{h}-{i}"))
+    ok = scheduler.run()
+    elapsed = time.perf_counter() - start
+    outs = [sorted(f.get_capture().splitlines(keepends=True)) for f in formatters]
+    wanted = [sorted(_expected(h, i) for i in range(n)) for h in range(len(hosts))]
+    assert ok and outs == wanted, "apssh: wrong output"
+    start = time.perf_counter()
+    asyncio.run(scheduler.co_shutdown()) if hasattr(scheduler, "co_shutdown") else None
+    shut = time.perf_counter() - start
+    return {"run_s": elapsed, "release_s": shut, "shutdown_s": shut}
+
+
+def _child_nepi(hosts: list[dict], n: int, record: bool) -> dict:
+    from nepi_prefect.execution.ec import ExperimentController
+    from nepi_prefect.execution.recording import Recorder
+    from nepi_prefect.execution.resource import ResourceState
+
+    results = tempfile.mkdtemp(prefix="nepi-bench-hosts-")
+    recorder = None
+    if record:
+        from nepi_prefect.orchestration.recorder import PrefectRecorder
+
+        ExperimentController(exp_id="warm-up", local_dir=results,
+                             recorder=PrefectRecorder()).shutdown()
+        recorder = PrefectRecorder()
+    ec = ExperimentController(exp_id=f"hosts-{len(hosts)}x{n}", local_dir=results,
+                              recorder=recorder or Recorder())
+    apps = []
+    for h, attrs in enumerate(hosts):
+        node = ec.register_resource("LinuxNode")
+        for key, value in attrs.items():
+            ec.set(node, key, value)
+        ec.set(node, "cleanExperiment", True)
+        for i in range(n):
+            app = ec.register_resource("LinuxApplication")
+            ec.set(app, "command", f"echo hello-{h}-{i}")
+            ec.register_connection(app, node)
+            apps.append((app, _expected(h, i)))
+    start = time.perf_counter()
+    ec.deploy()
+    ec.wait_finished([a for a, _ in apps])
+    outs = [ec.trace(a, "stdout") for a, _ in apps]
+    elapsed = time.perf_counter() - start
+    bad = [a for a, _ in apps if ec.state(a) != ResourceState.FINISHED]
+    assert not bad, f"{len(bad)} apps did not finish: {ec.get_resource(bad[0]).failure}"
+    assert outs == [want for _, want in apps], "wrong stdout"
+    start = time.perf_counter()
+    ec.release()
+    released = time.perf_counter() - start
+    ec.shutdown()  # with the record: waits until the server confirms it
+    out = {"run_s": elapsed, "release_s": released, "shutdown_s": time.perf_counter() - start}
+    shutil.rmtree(results, ignore_errors=True)
+    return out
+
+
+def _child(mode: str, hosts_file: str, n: int) -> None:
+    with open(hosts_file) as f:
+        hosts = json.load(f)
+    if mode == "apssh":
+        out = _child_apssh(hosts, n)
+    else:
+        out = _child_nepi(hosts, n, record=(mode == "prefect"))
+    out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _run(mode: str, hosts: list[dict], n: int, env: dict[str, str], tmp: str) -> dict | str:
+    hosts_file = os.path.join(tmp, f"hosts-{len(hosts)}.json")
+    with open(hosts_file, "w") as f:
+        json.dump(hosts, f)
+    proc = subprocess.run([sys.executable, __file__, "--child", mode, hosts_file, str(n)],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return f"failed: {(proc.stderr or proc.stdout).strip()[-800:]}"
+
+
+def _apssh_installed() -> bool:
+    try:
+        import apssh  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["5x10", "20x50"])
+    parser.add_argument("--modes", nargs="+", default=["apssh", "engine", "prefect"],
+                        choices=("apssh", "engine", "prefect"))
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "HOSTS_JSON", "N"))
+    args = parser.parse_args()
+    if args.child:
+        _child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+
+    from tests.fixtures.multihost import start_hosts, stop_hosts
+
+    modes = [m for m in args.modes if m != "apssh" or _apssh_installed()]
+    if "apssh" in args.modes and "apssh" not in modes:
+        print("apssh is not installed: no apssh comparison (pip install apssh)")
+    sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes]
+    tmp = tempfile.mkdtemp(prefix="nepi-bench-many-")
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", NEPI_PREFECT_RECORDER="none")
+    server = None
+    lab = start_hosts(max(h for h, _ in sizes))
+    failed = False
+    try:
+        if "prefect" in modes:
+            from tests.fixtures.prefect_api import free_port, launch_server
+
+            home = Path(tmp) / "prefect-home"
+            home.mkdir()
+            port = free_port()
+            try:
+                server = launch_server(home, port)
+                env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
+            except RuntimeError as exc:  # a loaded machine: the in-process API instead
+                print(f"{str(exc).splitlines()[0]}: recording to Prefect's ephemeral API")
+                env.update(PREFECT_HOME=str(home))
+        print(f"{len(lab.hosts)} namespace hosts up ({lab.prefix}*, 10.{lab.block}.0.0/16)")
+        for h, n in sizes:
+            hosts = [host.node_attrs() for host in lab.hosts[:h]]
+            figures = {mode: _run(mode, hosts, n, env, tmp) for mode in modes}
+            ref = figures.get("apssh")
+            for mode, res in figures.items():
+                if isinstance(res, str):
+                    print(f"  {h:3d} x {n:3d}  {mode:8s} {res}")
+                    failed = True
+                    continue
+                print(f"  {h:3d} x {n:3d}  {mode:8s} deploy->stdout {res['run_s']:6.2f} s   "
+                      f"release {res['release_s']:5.2f} s   release+shutdown "
+                      f"{res['shutdown_s']:6.2f} s   peak RSS {res['maxrss_mb']:6.1f} MB", flush=True)
+            if (h, n) == (20, 50) and isinstance(ref, dict):
+                for mode, slack in (("engine", 0.0), ("prefect", 1.0)):
+                    res = figures.get(mode)
+                    if isinstance(res, dict):
+                        ok = res["run_s"] <= ref["run_s"] + slack and res["release_s"] < 2.0
+                        failed |= not ok
+                        print(f"  target {mode}: <= apssh{' + 1 s' if slack else ''} and "
+                              f"release < 2 s: {'ok' if ok else 'MISSED'}")
+    finally:
+        if server is not None:
+            from tests.fixtures.prefect_api import stop_server
+
+            stop_server(server)
+        stop_hosts(lab)
+        left = lab.leftovers()
+        if left:
+            print(f"LEFT OVER: {left}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

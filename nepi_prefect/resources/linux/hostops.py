@@ -1,0 +1,165 @@
+"""Batches of short remote steps, one command per host per phase.
+
+Fan-out over many hosts is bound by round trips and remote process starts,
+not by bandwidth. So the applications of a node do not each send their
+``mkdir``, launch and kill: they queue a *step* (a snippet of shell) on the
+node's :class:`HostBatcher`, and the batcher's thread sends every step queued
+at that moment as ONE script, then hands each step its own output. While a
+batch is on the wire the next one fills up (group commit), so 50 apps
+deployed in the same dispatcher tick cost one round trip, not 50.
+
+Steps must be short (no builds, no sleeps longer than a stop's grace): the
+steps of a script run one after another in one remote shell. ``window``
+bounds the steps of one script and ``workers`` the scripts in flight (each on
+its own shell): the concurrency window per host, so 500 launches on one host
+use more than one remote core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nepi_prefect.transport.base import Transport
+
+#: seconds a batch waits for more steps after its first one
+GATHER = 0.003
+#: what a step's callback gets: (exit code, output) or (None, error text)
+StepDone = Callable[[int | None, str], None]
+
+
+@dataclass
+class Step:
+    """One snippet of shell and who wants its outcome."""
+
+    script: str
+    done: StepDone
+    #: seconds this step may take; a batch may take the sum of its steps'
+    timeout: float = 5.0
+
+
+@dataclass
+class _Waiter:
+    event: threading.Event = field(default_factory=threading.Event)
+    rc: int | None = None
+    out: str = ""
+
+    def __call__(self, rc: int | None, out: str) -> None:
+        self.rc, self.out = rc, out
+        self.event.set()
+
+
+class HostBatcher:
+    """A thread per host that sends queued steps in batches over one transport."""
+
+    def __init__(self, transport: Transport, name: str, window: int = 64, workers: int = 3):
+        self.transport = transport
+        self.window = max(1, window)
+        self._queue: list[Step] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._loop, name=f"nepi-batch-{name}-{i}",
+                                          daemon=True) for i in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, step: Step) -> None:
+        """Queue ``step``; its ``done`` is called from the batcher's thread."""
+        with self._cond:
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                self._queue.append(step)
+                self._cond.notify()
+        if closed:
+            step.done(None, "the node's connection is closed")
+
+    def run(self, script: str, timeout: float = 5.0) -> tuple[int | None, str]:
+        """Queue ``script`` and wait until its batch ran: (exit code, output), or
+        (None, error)."""
+        waiter = _Waiter()
+        self.submit(Step(script, waiter, timeout))
+        waiter.event.wait()
+        return waiter.rc, waiter.out
+
+    def close(self) -> None:
+        """Run what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                # the apps of one dispatcher tick queue their steps within a few
+                # ms of each other: gather them into one script, not several
+                end = time.monotonic() + GATHER
+                while len(self._queue) < self.window and (left := end - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                batch, self._queue = self._queue[:self.window], self._queue[self.window:]
+            if batch:  # another worker may have taken them while this one gathered
+                self._send(batch)
+
+    def _send(self, batch: list[Step]) -> None:
+        tag = os.urandom(4).hex()
+        parts = []
+        for i, step in enumerate(batch):
+            # a brace group runs in the batch's shell: no process per step
+            parts.append(f"printf '\\n@{tag}B{i}\\n'; {{ {step.script}\n}} </dev/null 2>&1; "
+                         f"printf '\\n@{tag}E{i} %d\\n' $?")
+        timeout = sum(step.timeout for step in batch)  # they run one after another
+        try:
+            result = self.transport.run("\n".join(parts), timeout=timeout)
+        except Exception as exc:  # the host is gone: every step learns why
+            for step in batch:
+                _call(step, None, str(exc))
+            return
+        outcomes = _split(result.stdout, tag, len(batch))
+        for step, (rc, out) in zip(batch, outcomes):
+            _call(step, rc, out if rc is not None else (out or result.stderr.strip()[-500:]
+                                                        or "the batch ended before this step"))
+
+
+#: seconds a graceful kill waits after SIGTERM before SIGKILL (processes.kill_app)
+KILL_GRACE = 3.0
+
+
+def _split(text: str, tag: str, count: int) -> list[tuple[int | None, str]]:
+    """Each step's (exit code, output) from a batch's framed stdout."""
+    found: list[tuple[int | None, str]] = []
+    pos = 0
+    for i in range(count):
+        begin, end = f"\n@{tag}B{i}\n", f"\n@{tag}E{i} "
+        b = text.find(begin, pos)
+        e = text.find(end, b + len(begin)) if b >= 0 else -1
+        if e < 0:
+            found.extend([(None, "")] * (count - i))
+            break
+        nl = text.find("\n", e + len(end))
+        nl = len(text) if nl < 0 else nl
+        try:
+            rc: int | None = int(text[e + len(end):nl])
+        except ValueError:
+            rc = None
+        found.append((rc, text[b + len(begin):e]))
+        pos = nl
+    return found
+
+
+def _call(step: Step, rc: int | None, out: str) -> None:
+    try:
+        step.done(rc, out)
+    except Exception:  # one step's callback must not starve the others
+        logging.getLogger(__name__).exception("a batched step's callback raised")
