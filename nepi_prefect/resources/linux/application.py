@@ -146,9 +146,6 @@ class LinuxApplication(ResourceManager):
         node = self.node
         if node is None:
             raise ApplicationError(f"{self._rtype} {self.guid} is not connected to a LinuxNode")
-        if node.state == ResourceState.FAILED:
-            raise ApplicationError(f"{self._rtype} {self.guid}: its node LinuxNode "
-                                   f"{node.guid} FAILED: {node.failure or 'see its log'}")
         if not node.when_ready(self.deploy):
             return  # deploy() is called again when the node is READY or FAILED
         if node.state == ResourceState.FAILED:
@@ -357,7 +354,7 @@ class LinuxApplication(ResourceManager):
         """Kill the app's session, process tree and tagged processes (TERM, a grace,
         then KILL; see :mod:`.processes`), in a batch with the node's other kills.
         The pid comes from run_home/pid, so a kill right after the launch finds it."""
-        sudo = "sudo -n " if self.get("sudo") and not node.is_root else ""
+        sudo = "sudo -n " if self._sudo(node) else ""
         home = shlex.quote(self._run_home)
         kill = kill_app('"$__p"', home, sudo, signal="TERM" if graceful else "KILL")
         step = (f'__p=; read -r __p < {home}/pid 2>/dev/null; '
@@ -366,6 +363,9 @@ class LinuxApplication(ResourceManager):
         if rc is None:
             raise ApplicationError(f"{self._rtype} {self.guid}: kill failed: {out}")
 
+    def _sudo(self, node: LinuxNode) -> bool:
+        return bool(self.get("sudo")) and not node.is_root
+
     # -- release ------------------------------------------------------------------------------
     def do_release(self) -> None:
         node = self.node
@@ -373,8 +373,11 @@ class LinuxApplication(ResourceManager):
             if node is not None and node._transport is not None and self._run_home:
                 node.monitor.unwatch(self)
                 self._launch_done.wait(120)
-                if self._launch_sent and not (self.state != ResourceState.STARTED
-                                              and node.monitor.vacated(self._run_home)):
+                # an app that ended and left nothing needs no kill; sudo apps of a user
+                # who is not root always get one (their environments are not readable)
+                left_nothing = (self.state != ResourceState.STARTED and not self._sudo(node)
+                                and node.monitor.vacated(self._run_home))
+                if self._launch_sent and not left_nothing:
                     self._kill(node, self.state == ResourceState.STARTED)
                 teardown = self.replace_paths(self.get("tearDown"))
                 if teardown:

@@ -139,7 +139,7 @@ class AppMonitor:
                   f'if [ -n "$s" ] && command -v ps >/dev/null && [ -d /proc/self ]; then echo S; '
                   f'ps -o pid=,sid= --sid "${{s#,}}" 2>/dev/null; '
                   f'grep -HzxoF "${{g[@]}}" /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" '
-                  f"| sed -n 's|^/proc/\\([0-9]*\\)/environ:{TAG_VAR}=\\(.*\\)|T \\1 \\2|p'; fi; '
+                  f"| sed -n 's|^/proc/\\([0-9]*\\)/environ:{TAG_VAR}=\\(.*\\)|T \\1 \\2|p'; fi; "
                   f'if [ ${{#o[@]}} -gt 0 ]; then echo; echo B; '
                   f'{bulk_read_snippet(chr(34) + "${o[@]}" + chr(34), OUTPUT_LIMIT)}; fi; true')
         timeout = max(10.0, self.node.get("connectTimeout"))
