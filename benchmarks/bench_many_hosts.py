@@ -27,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -155,6 +156,9 @@ def main() -> int:
         return 0
 
     from tests.fixtures.multihost import start_hosts, stop_hosts
+
+    # SIGTERM (timeout, kill) unwinds through the finally below: no host is left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     modes = [m for m in args.modes if m != "apssh" or _apssh_installed()]
     if "apssh" in args.modes and "apssh" not in modes:
