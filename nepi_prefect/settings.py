@@ -62,3 +62,13 @@ def record_timeout(override: float | None = None) -> float:
         return float(text) if text else DEFAULT_RECORD_TIMEOUT
     except ValueError:
         raise ValueError(f"{RECORD_TIMEOUT_ENV}={text!r}: expected a number of seconds") from None
+
+#: where emulated-network runs (netns) keep the record of what they created, so a
+#: later run or ``nepi-prefect cleanup --netns`` can remove what a killed one left
+NETNS_STATE_ENV = "NEPI_PREFECT_NETNS_STATE"
+DEFAULT_NETNS_STATE = "/run/nepi-prefect/netns"
+
+
+def netns_state_dir() -> str:
+    """The netns state directory: ``$NEPI_PREFECT_NETNS_STATE``, else /run/nepi-prefect/netns."""
+    return os.environ.get(NETNS_STATE_ENV, "").strip() or DEFAULT_NETNS_STATE

@@ -1,0 +1,2 @@
+"""Emulated networks on this machine: hosts, switches and shaped links in network
+namespaces (see docs/netns.md)."""

@@ -1,0 +1,143 @@
+"""NetnsNode and NetnsSwitch: hosts and bridges in network namespaces of this machine.
+
+A NetnsNode *is* a LinuxNode whose transport runs commands inside its own
+namespace, so every application RM (LinuxApplication, LinuxPing, LinuxUdpTest,
+LinuxTcpdump, Collector, ...) works on it unchanged. With ``sshd`` on, it gets
+its own OpenSSH server and is reached over SSH like a remote host.
+
+A NetnsSwitch is a namespace holding one Linux bridge (``br0``); links that
+end on it are enslaved to the bridge. Keeping bridges out of the root
+namespace keeps this machine's own network untouched, and deleting the
+namespace removes the bridge with every port.
+"""
+
+from __future__ import annotations
+
+from nepi_prefect.execution.attribute import Attribute, Flags, Types
+from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
+from nepi_prefect.resources.linux.node import LinuxNode, NodeError
+from nepi_prefect.resources.netns.run import NetnsError, NetnsRun, ip_batch, run_of
+from nepi_prefect.resources.netns.sshd import start_sshd
+from nepi_prefect.transport.base import Transport
+from nepi_prefect.transport.netns import NetnsTransport
+
+#: IPv6 addresses usable at once: no duplicate address detection inside the emulation
+_NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+_FORWARD = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+
+
+class _NamespaceMixin(ResourceManager):
+    """Owns one namespace of the run; deletes it (and all inside) at release.
+
+    It sits right above ResourceManager in the MRO, so the namespace is gone
+    before the RM is marked RELEASED (what the EC's release waits for).
+    """
+
+    _netns: str | None = None
+    _run: NetnsRun | None = None
+
+    @property
+    def netns(self) -> str | None:
+        """The namespace's name (``<run prefix>-<h|s><guid>``), once deployed."""
+        return self._netns
+
+    def _create_namespace(self, kind: str, sysctls: tuple[str, ...]) -> str:
+        self._run = run_of(self.ec)
+        self._netns = self._run.add_namespace(f"{kind}{self.guid}", sysctls)
+        return self._netns
+
+    def do_release(self) -> None:
+        try:
+            if self._run is not None and self._netns is not None:
+                self._run.remove_namespace(self._netns)
+        finally:
+            super().do_release()
+
+
+@clsinit_copy
+class NetnsNode(LinuxNode, _NamespaceMixin):
+    """A host in its own network namespace on this machine."""
+
+    _rtype = "NetnsNode"
+    _help = ("A host in its own network namespace on this machine (needs root); "
+             "applications run on it as on a LinuxNode")
+    _platform = "netns"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        D = Flags.Design
+        cls._register_attribute(Attribute(
+            "forwarding", "Forward IPv4/IPv6 packets between the host's interfaces (a router)",
+            type=Types.Bool, default=False, flags=D))
+        cls._register_attribute(Attribute(
+            "sshd", "Run an OpenSSH server in the host and reach it over SSH, like a remote "
+                    "host (sets hostname, port, username, identity, knownHosts)",
+            type=Types.Bool, default=False, flags=D))
+        cls._register_attribute(Attribute(
+            "sshPort", "Port of the host's sshd", type=Types.Integer, default=22,
+            range=(1, 65535), flags=D))
+
+    def _make_transport(self) -> Transport:
+        if self.get("sshd"):
+            return LinuxNode._make_transport(self)
+        return NetnsTransport(self.netns)
+
+    def do_deploy(self) -> None:
+        if self._netns is None:
+            try:
+                ns = self._create_namespace("h", _NO_DAD + (_FORWARD if self.get("forwarding") else ()))
+                if self.get("home") is None:
+                    self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
+                if self.get("sshd"):
+                    self._start_sshd(ns)
+            except NetnsError as exc:
+                self.failure = f"NetnsNode {self.guid}: {exc}"
+                raise NodeError(self.failure) from None
+        super().do_deploy()
+
+    def _start_sshd(self, ns: str) -> None:
+        access = start_sshd(self._run, ns, self.guid, self.get("sshPort"), self.get("connectTimeout"))
+        for name, value in (("hostname", access.hostname), ("port", access.port),
+                            ("username", access.username), ("identity", access.identity),
+                            ("knownHosts", access.known_hosts)):
+            self._set_value(name, value)
+
+
+@clsinit_copy
+class NetnsSwitch(_NamespaceMixin):
+    """A learning bridge that NetnsLinks connect hosts to."""
+
+    _rtype = "NetnsSwitch"
+    _help = "A switch (Linux bridge, in its own namespace) that NetnsLinks connect hosts to"
+    _platform = "netns"
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        cls._register_attribute(Attribute(
+            "stp", "Run the spanning tree protocol (needed only for loops of switches)",
+            type=Types.Bool, default=False, flags=Flags.Design))
+
+    def do_deploy(self) -> None:
+        if self._netns is None:
+            try:
+                ns = self._create_namespace("s", ())
+                ip_batch(["link add br0 type bridge stp_state %d forward_delay 0"
+                          % int(bool(self.get("stp"))), "link set br0 up"],
+                         f"creating the bridge of {ns}", netns=ns)
+            except NetnsError as exc:
+                self.failure = f"NetnsSwitch {self.guid}: {exc}"
+                raise
+        super().do_deploy()
+
+    def release_after(self) -> list[int]:
+        return sorted(self.connections)
+
+    def release_dependents(self) -> list[int]:
+        return sorted(self.connections)
+
+
+def endpoint_ready(rm: ResourceManager) -> bool | None:
+    """True when a link end is READY (or further), None if it FAILED, else False."""
+    if rm.state == ResourceState.FAILED:
+        return None
+    return ResourceState.READY <= rm.state < ResourceState.FAILED
