@@ -21,6 +21,7 @@ from nepi_prefect import settings
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
+from nepi_prefect.commands import cleanup as cleanup_command
 from nepi_prefect.orchestration import logins  # noqa: F401  (saved SSH logins are Prefect blocks)
 from nepi_prefect.results.tables import load_summaries, uniform_rows
 
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("exp_id", nargs="?", metavar="EXP_ID", help="show this experiment's runs in detail")
     p.add_argument("--results", metavar="DIR", help="results directory")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+
+    cleanup_command.add_parser(sub)
     return parser
 
 

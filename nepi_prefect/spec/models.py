@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from nepi_prefect.spec.topology import expand_topologies
 
 
 def _as_list(value: Any) -> Any:
@@ -89,6 +91,9 @@ class ExperimentDescription(_Strict):
         default=None, description='give up (and fail) after this long, e.g. "5m"')
 
     _lists = field_validator("wait_for", mode="before")(lambda cls, v: _as_list(v))
+    # A compact ``topology:`` section (line, star, dumbbell of namespace hosts)
+    # becomes plain resources and connections before anything else looks.
+    _topology = model_validator(mode="before")(lambda cls, data: expand_topologies(data))
 
     def resource(self, name: str) -> ResourceSpec:
         """The resource called ``name`` (KeyError if there is none)."""
