@@ -91,21 +91,25 @@ def _flat(spec: TopologySpec, count: int, where: str) -> list[str]:
 
 def _star(out: _Out, where: str) -> None:
     spec = out.spec
+    ips = _flat(spec, spec.hosts, where)
+    # hosts before the switch: a link's end 1 (ip1) is the end declared first
+    hosts = [out.add(f"h{i}", "NetnsNode", spec.node) for i in range(1, spec.hosts + 1)]
     sw = out.add("sw", "NetnsSwitch")
-    for i, ip in enumerate(_flat(spec, spec.hosts, where), 1):
-        h = out.add(f"h{i}", "NetnsNode", spec.node)
+    for i, (h, ip) in enumerate(zip(hosts, ips), 1):
         out.link(f"l{i}", h, sw, {**spec.link, "ip1": ip})
 
 
 def _dumbbell(out: _Out, where: str) -> None:
     spec = out.spec
-    ips = _flat(spec, 2 * spec.hosts, where)
+    ips = iter(_flat(spec, 2 * spec.hosts, where))
+    # hosts before the switches: a link's end 1 (ip1) is the end declared first
+    sides = {side: [out.add(f"{side}{i}", "NetnsNode", spec.node)
+                    for i in range(1, spec.hosts + 1)] for side in "ab"}
     swa, swb = out.add("swa", "NetnsSwitch"), out.add("swb", "NetnsSwitch")
     out.link("bottleneck", swa, swb, spec.bottleneck)
-    for side, sw, offset in (("a", swa, 0), ("b", swb, spec.hosts)):
-        for i in range(1, spec.hosts + 1):
-            h = out.add(f"{side}{i}", "NetnsNode", spec.node)
-            out.link(f"l{side}{i}", h, sw, {**spec.link, "ip1": ips[offset + i - 1]})
+    for side, sw in (("a", swa), ("b", swb)):
+        for i, h in enumerate(sides[side], 1):
+            out.link(f"l{side}{i}", h, sw, {**spec.link, "ip1": next(ips)})
 
 
 def _line(out: _Out, where: str) -> None:

@@ -135,6 +135,7 @@ class NetnsLink(ResourceManager):
         self._ends: list[tuple[str, str]] = []  # (namespace, interface) of end 1, end 2
         self._shaped: str | None = None  # the kind of root qdisc installed
         self._tc_lock = threading.Lock()
+        self._life_lock = threading.Lock()  # a release waits for a deploy under way
 
     # -- ends --------------------------------------------------------------------------
     def valid_connection(self, guid: int) -> bool:
@@ -173,13 +174,16 @@ class NetnsLink(ResourceManager):
         if not all(ready):
             self.ec.schedule("0.05s", self.deploy)
             return
-        addrs = [self._reserve(i, end) for i, end in enumerate(ends)]
-        try:
-            self._build(ends, addrs)
-        except Exception:
-            self._unreserve()
-            self._destroy()
-            raise
+        with self._life_lock:
+            if self._releasing:
+                return
+            addrs = [self._reserve(i, end) for i, end in enumerate(ends)]
+            try:
+                self._build(ends, addrs)
+            except Exception:
+                self._unreserve()
+                self._destroy()
+                raise
         super().do_deploy()
 
     def _reserve(self, i: int, end: ResourceManager) -> list:
@@ -262,8 +266,9 @@ class NetnsLink(ResourceManager):
     # -- release ---------------------------------------------------------------------------------
     def do_release(self) -> None:
         try:
-            self._destroy()
-            self._unreserve()
+            with self._life_lock:
+                self._destroy()
+                self._unreserve()
         finally:
             super().do_release()
 

@@ -13,6 +13,8 @@ namespace removes the bridge with every port.
 
 from __future__ import annotations
 
+import threading
+
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.node import LinuxNode, NodeError
@@ -35,6 +37,12 @@ class _NamespaceMixin(ResourceManager):
 
     _netns: str | None = None
     _run: NetnsRun | None = None
+    _gone = False  # released: a deploy still running must not create anything now
+
+    @property
+    def life_lock(self) -> threading.Lock:
+        """Held while the namespace is made or removed: a release waits for a deploy."""
+        return self.__dict__.setdefault("_life_lock", threading.Lock())
 
     @property
     def netns(self) -> str | None:
@@ -42,14 +50,18 @@ class _NamespaceMixin(ResourceManager):
         return self._netns
 
     def _create_namespace(self, kind: str, sysctls: tuple[str, ...]) -> str:
+        if self._gone:
+            raise NetnsError("released while deploying")
         self._run = run_of(self.ec)
         self._netns = self._run.add_namespace(f"{kind}{self.guid}", sysctls)
         return self._netns
 
     def do_release(self) -> None:
         try:
-            if self._run is not None and self._netns is not None:
-                self._run.remove_namespace(self._netns)
+            with self.life_lock:
+                self._gone = True
+                if self._run is not None and self._netns is not None:
+                    self._run.remove_namespace(self._netns)
         finally:
             super().do_release()
 
@@ -85,11 +97,12 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
     def do_deploy(self) -> None:
         if self._netns is None:
             try:
-                ns = self._create_namespace("h", _NO_DAD + (_FORWARD if self.get("forwarding") else ()))
-                if self.get("home") is None:
-                    self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
-                if self.get("sshd"):
-                    self._start_sshd(ns)
+                with self.life_lock:
+                    ns = self._create_namespace("h", _NO_DAD + (_FORWARD if self.get("forwarding") else ()))
+                    if self.get("home") is None:
+                        self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
+                    if self.get("sshd"):
+                        self._start_sshd(ns)
             except NetnsError as exc:
                 self.failure = f"NetnsNode {self.guid}: {exc}"
                 raise NodeError(self.failure) from None
@@ -120,10 +133,11 @@ class NetnsSwitch(_NamespaceMixin):
     def do_deploy(self) -> None:
         if self._netns is None:
             try:
-                ns = self._create_namespace("s", ())
-                ip_batch(["link add br0 type bridge stp_state %d forward_delay 0"
-                          % int(bool(self.get("stp"))), "link set br0 up"],
-                         f"creating the bridge of {ns}", netns=ns)
+                with self.life_lock:
+                    ns = self._create_namespace("s", ())
+                    ip_batch(["link add br0 type bridge stp_state %d forward_delay 0"
+                              % int(bool(self.get("stp"))), "link set br0 up"],
+                             f"creating the bridge of {ns}", netns=ns)
             except NetnsError as exc:
                 self.failure = f"NetnsSwitch {self.guid}: {exc}"
                 raise
