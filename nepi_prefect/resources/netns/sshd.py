@@ -9,6 +9,7 @@ client) are made per run; the node then logs in exactly as to a remote host.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import secrets
 import socket
@@ -73,7 +74,7 @@ def start_sshd(run: NetnsRun, ns: str, guid: int, port: int, timeout: float) -> 
              f"configuring {root_dev}")
     ip_batch([f"addr add {net}::2/64 dev mgmt0 nodad", "link set mgmt0 up"],
              f"configuring mgmt0 in {ns}", netns=ns)
-    addr = f"{net}::2"
+    addr = str(ipaddress.ip_address(f"{net}::2"))  # canonical, as sshd and ssh print it
     cfg = f"{workdir}/sshd_config.{guid}"
     with open(cfg, "w") as f:
         f.write(f"ListenAddress [{addr}]:{port}\nHostKey {host_key}\n"
