@@ -128,3 +128,5 @@ def test_host_with_its_own_sshd_is_reached_over_ssh(ec):
     assert len(leftovers(prefix)) == 4  # 2 hosts, 1 switch, the management link
     ec.shutdown()
     assert leftovers(prefix) == []
+    assert os.listdir(os.environ["NEPI_PREFECT_NETNS_STATE"]) == []
+    assert not os.path.exists(f"/tmp/nepi-prefect-netns/{prefix}")  # keys and sshd config

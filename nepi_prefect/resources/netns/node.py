@@ -61,6 +61,9 @@ class _NamespaceMixin(ResourceManager):
             with self.life_lock:
                 self._gone = True
                 if self._run is not None and self._netns is not None:
+                    for dev in self.__dict__.get("_root_links", []):
+                        # the kernel would delete it with the namespace, but later
+                        self._run.remove_link(dev)
                     self._run.remove_namespace(self._netns)
         finally:
             super().do_release()
@@ -109,6 +112,7 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
         super().do_deploy()
 
     def _start_sshd(self, ns: str) -> None:
+        self._root_links = [f"{self._run.prefix}m{self.guid}"]
         access = start_sshd(self._run, ns, self.guid, self.get("sshPort"), self.get("connectTimeout"))
         for name, value in (("hostname", access.hostname), ("port", access.port),
                             ("username", access.username), ("identity", access.identity),

@@ -64,7 +64,7 @@ class NetnsRun:
     path: str
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # daemons, for the record
     files: list[str] = field(default_factory=list)
     label: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -85,14 +85,20 @@ class NetnsRun:
             self._save()
 
     def forget(self, kind: str, value: Any) -> None:
+        """Drop ``value`` from the record; with the last namespace and link gone the
+        run's files go too, and the state file."""
         with self.lock:
             items = getattr(self, kind)
             if value in items:
                 items.remove(value)
-            if self.namespaces or self.links or self.pids or self.files:
+            if self.namespaces or self.links:
                 self._save()
-            else:
-                _remove(self.path)
+                return
+            for path in self.files:
+                subprocess.run(["rm", "-rf", "--", path], capture_output=True)
+            self.files.clear()
+            self.pids.clear()  # daemons lived in the namespaces, and died with them
+            _remove(self.path)
 
     # -- namespaces ---------------------------------------------------------------------------
     def name(self, suffix: str) -> str:
@@ -118,6 +124,11 @@ class NetnsRun:
         kill_namespace_processes(ns)
         sh(["ip", "netns", "del", ns], f"deleting {ns}", check=False)
         self.forget("namespaces", ns)
+
+    def remove_link(self, dev: str) -> None:
+        """Delete a root-namespace interface this run made."""
+        sh(["ip", "link", "del", dev], f"deleting {dev}", check=False)
+        self.forget("links", dev)
 
 
 def kill_namespace_processes(ns: str) -> None:
@@ -212,12 +223,8 @@ def cleanup_stale(state_dir: str | None = None, everything: bool = False) -> lis
 
 
 def remove_recorded(data: dict) -> None:
-    """Remove the daemons, namespaces, root interfaces and files a state record lists."""
-    for pid in data.get("pids", []):
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError, PermissionError):
-            pass
+    """Remove the namespaces (killing what runs in them: the daemons live there, so
+    no pid that may have been reused is killed), root interfaces and files a record lists."""
     for ns in data.get("namespaces", []):
         kill_namespace_processes(ns)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)

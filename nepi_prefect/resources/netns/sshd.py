@@ -28,6 +28,7 @@ class SshAccess:
 
     hostname: str
     port: int
+    root_link: str
     username: str
     identity: str
     known_hosts: str
@@ -94,7 +95,7 @@ def start_sshd(run: NetnsRun, ns: str, guid: int, port: int, timeout: float) -> 
         kind, blob = src.read().split()[:2]
         host = addr if port == 22 else f"[{addr}]:{port}"
         dst.write(f"{host} {kind} {blob}\n")
-    return SshAccess(addr, port, getpass.getuser(), client, known)
+    return SshAccess(addr, port, root_dev, getpass.getuser(), client, known)
 
 
 def _wait_listening(proc: subprocess.Popen, addr: str, port: int, timeout: float) -> None:
