@@ -242,3 +242,21 @@ def test_without_privileges_the_error_says_so(tmp_path, netns_state):
                            sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=env, cwd=str(tmp_path))
     assert "need root" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_dumbbell_example_shows_the_bottleneck(tmp_path, netns_state):
+    from nepi_prefect.spec.io import load_experiment
+    ec = load_experiment("examples/dumbbell.yaml", local_dir=str(tmp_path), recorder=None)
+    try:
+        names = {ec.get_resource(g).get_rtype(): g for g in ec.resources}
+        flow = next(g for g in ec.resources if ec.get_resource(g).get_rtype() == "LinuxUdpTest"
+                    and ec.get(g, "mode") == "client")
+        ping = names["LinuxPing"]
+        ec.deploy()
+        assert ec.wait_finished([flow, ping], timeout=120)
+        got = ec.get_resource(flow).get_metrics()
+        assert 8.0 <= got["throughput_mbps"] <= 11.0, got  # 20 offered, 10 let through
+        # the ping crosses the queue the flow fills: far above an idle veth's ~0.1 ms
+        assert ec.get_resource(ping).get_metrics()["rtt_avg_ms"] > 5, ec.get_resource(ping).get_metrics()
+    finally:
+        ec.shutdown()
