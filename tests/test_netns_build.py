@@ -218,8 +218,43 @@ def test_description_errors_name_the_problem(netns_state):
     with pytest.raises(DescriptionError, match="holds 2 hosts, 6 needed"):
         description_from_data({"topology": {"shape": "star", "hosts": 6,
                                             "subnet": "10.0.0.0/30"}})
+    with pytest.raises(DescriptionError, match=r"address 10.0.0.2 is given twice \(x.ip2 and y.ip1\)"):
+        description_from_data({"resources": [
+            {"name": "x", "rtype": "NetnsLink", "attributes": {"ip1": "10.0.0.1/24", "ip2": "10.0.0.2/24"}},
+            {"name": "y", "rtype": "NetnsLink", "attributes": {"ip1": "10.0.0.2/24"}}]})
     with pytest.raises(DescriptionError, match="expected one of line, star, dumbbell"):
         description_from_data({"topology": {"shape": "ring", "hosts": 3}})
+
+
+def test_ctrl_c_releases_everything(tmp_path, netns_state):
+    script = textwrap.dedent(f"""
+        import sys, threading
+        sys.path.insert(0, {os.getcwd()!r})
+        from nepi_prefect.execution.ec import ExperimentController
+        from nepi_prefect.execution.recording import Recorder
+        from nepi_prefect.resources.netns.run import known_run
+        from tests.helpers import add_rm
+        ec = ExperimentController(exp_id="ctrlc", local_dir={str(tmp_path)!r}, recorder=Recorder())
+        a = add_rm(ec, "NetnsNode", sshd=True); b = add_rm(ec, "NetnsNode")
+        l = add_rm(ec, "NetnsLink", ip1="10.0.0.1/24", ip2="10.0.0.2/24", rate=5)
+        ec.register_connection(l, a); ec.register_connection(l, b)
+        ec.deploy(); assert ec.wait_deployed([a, b, l], timeout=60)
+        print(known_run(ec).prefix, flush=True)
+        threading.Event().wait()  # until Ctrl-C
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        prefix = proc.stdout.readline().strip()
+        assert prefix, proc.stderr.read()
+        assert len(leftovers(prefix)) == 3
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert leftovers(prefix) == []
+    assert os.listdir(netns_state) == []
 
 
 def test_without_privileges_the_error_says_so(tmp_path, netns_state):

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nepi_prefect.spec.topology import expand_topologies
+from nepi_prefect.spec.topology import check_link_addresses, expand_topologies
 
 
 def _as_list(value: Any) -> Any:
@@ -94,6 +94,7 @@ class ExperimentDescription(_Strict):
     # A compact ``topology:`` section (line, star, dumbbell of namespace hosts)
     # becomes plain resources and connections before anything else looks.
     _topology = model_validator(mode="before")(lambda cls, data: expand_topologies(data))
+    _addresses = model_validator(mode="after")(check_link_addresses)
 
     def resource(self, name: str) -> ResourceSpec:
         """The resource called ``name`` (KeyError if there is none)."""

@@ -180,3 +180,24 @@ def expand_topologies(data: Any) -> Any:
     data["resources"] = resources + list(data.get("resources") or [])
     data["connections"] = connections + list(data.get("connections") or [])
     return data
+
+
+def check_link_addresses(desc: Any) -> Any:
+    """Refuse an address given to two NetnsLink ends of a description (known before
+    deploy; overlapping subnets on one host are checked at deploy, where ends are known)."""
+    seen: dict[Any, str] = {}
+    for i, res in enumerate(desc.resources):
+        if res.rtype != "NetnsLink":
+            continue
+        for attr in ("ip1", "ip2"):
+            for word in str(res.attributes.get(attr) or "").replace(",", " ").split():
+                try:
+                    ip = ipaddress.ip_interface(word).ip
+                except ValueError:
+                    continue  # the attribute's own check names it when the EC is built
+                here = f"{res.name}.{attr}"
+                if ip in seen:
+                    raise ValueError(f"resources[{i}].attributes.{attr}: address {ip} is "
+                                     f"given twice ({seen[ip]} and {here}); each address once")
+                seen[ip] = here
+    return desc

@@ -65,6 +65,9 @@ class _NamespaceMixin(ResourceManager):
                         # the kernel would delete it with the namespace, but later
                         self._run.remove_link(dev)
                     self._run.remove_namespace(self._netns)
+                    daemon = self.__dict__.get("_daemon")
+                    if daemon is not None:
+                        daemon.wait(30)  # killed with the namespace; reap it
         finally:
             super().do_release()
 
@@ -114,6 +117,7 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
     def _start_sshd(self, ns: str) -> None:
         self._root_links = [f"{self._run.prefix}m{self.guid}"]
         access = start_sshd(self._run, ns, self.guid, self.get("sshPort"), self.get("connectTimeout"))
+        self._daemon = access.process
         for name, value in (("hostname", access.hostname), ("port", access.port),
                             ("username", access.username), ("identity", access.identity),
                             ("knownHosts", access.known_hosts)):

@@ -32,6 +32,7 @@ class SshAccess:
     username: str
     identity: str
     known_hosts: str
+    process: subprocess.Popen
 
 
 def _run_dir(run: NetnsRun) -> str:
@@ -89,13 +90,18 @@ def start_sshd(run: NetnsRun, ns: str, guid: int, port: int, timeout: float) -> 
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     run.record("pids", proc.pid)
-    _wait_listening(proc, addr, port, timeout)
+    try:
+        _wait_listening(proc, addr, port, timeout)
+    except NetnsError:
+        proc.kill()
+        proc.wait()
+        raise
     known = f"{workdir}/known_hosts.{guid}"
     with open(f"{host_key}.pub") as src, open(known, "w") as dst:
         kind, blob = src.read().split()[:2]
         host = addr if port == 22 else f"[{addr}]:{port}"
         dst.write(f"{host} {kind} {blob}\n")
-    return SshAccess(addr, port, root_dev, getpass.getuser(), client, known)
+    return SshAccess(addr, port, root_dev, getpass.getuser(), client, known, proc)
 
 
 def _wait_listening(proc: subprocess.Popen, addr: str, port: int, timeout: float) -> None:
