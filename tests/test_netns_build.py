@@ -112,7 +112,9 @@ def test_delay_gives_round_trip_time_or_a_clear_no_netem_error(ec):
         assert lk.interfaces == []  # the veth was removed at once
 
 
-def test_killed_run_is_cleaned_by_the_cli(tmp_path, netns_state):
+def _killed_run(tmp_path) -> tuple[str, int]:
+    """Build two hosts (one with sshd) and a shaped link in a process that is then
+    SIGKILLed; returns the run's prefix and the sshd's pid."""
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r})
@@ -134,14 +136,28 @@ def test_killed_run_is_cleaned_by_the_cli(tmp_path, netns_state):
     prefix = proc.stdout.split()[0]
     left = leftovers(prefix)
     assert len(left) == 3, left  # two namespaces and the sshd's management link
-    with open(os.path.join(netns_state, f"{prefix}.json")) as f:
-        sshd_pid = json.load(f)["pids"][0]
+    state = os.environ["NEPI_PREFECT_NETNS_STATE"]
+    with open(os.path.join(state, f"{prefix}.json")) as f:
+        return prefix, json.load(f)["pids"][0]
+
+
+def test_killed_run_is_cleaned_by_the_cli(tmp_path, netns_state):
+    prefix, sshd_pid = _killed_run(tmp_path)
     cli = os.path.join(os.path.dirname(sys.executable), "nepi-prefect")
     out = subprocess.run([cli, "cleanup", "--netns"], capture_output=True, text=True, timeout=60)
     assert prefix in out.stdout, out.stdout + out.stderr
     assert leftovers(prefix) == []
     wait_for(lambda: _gone(sshd_pid), what="the sshd to end")
     assert os.listdir(netns_state) == []
+
+
+def test_killed_run_is_cleaned_by_the_next_run(tmp_path, netns_state, ec):
+    prefix, _ = _killed_run(tmp_path)
+    node = add_rm(ec, "NetnsNode")
+    ec.deploy()
+    assert ec.wait_deployed([node], timeout=60)
+    assert leftovers(prefix) == []
+    assert os.listdir(netns_state) == [f"{prefix_of(ec)}.json"]
 
 
 def _gone(pid: int) -> bool:
