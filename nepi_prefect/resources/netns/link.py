@@ -24,7 +24,7 @@ from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.netns.node import NetnsNode, NetnsSwitch, endpoint_ready
-from nepi_prefect.resources.netns.run import NetnsError, ip_batch, sh
+from nepi_prefect.resources.netns.run import NetnsError, ip_batch, run_of, sh
 
 #: the shaping attributes: name -> (help, netem keyword, unit)
 SHAPING = {
@@ -35,8 +35,6 @@ SHAPING = {
     "reorder": ("Packets sent at once (out of order) in percent (needs delay)", "reorder", "%"),
     "rate": ("Rate limit in Mbit/s (0: none)", "rate", "mbit"),
 }
-#: guards the address book of each run: addresses in use, by experiment
-_BOOK_LOCK = threading.Lock()
 
 
 def parse_addresses(text: str | None) -> list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
@@ -177,8 +175,8 @@ class NetnsLink(ResourceManager):
         with self._life_lock:
             if self._releasing:
                 return
-            addrs = [self._reserve(i, end) for i, end in enumerate(ends)]
             try:
+                addrs = [self._reserve(i, end) for i, end in enumerate(ends)]
                 self._build(ends, addrs)
             except Exception:
                 self._unreserve()
@@ -193,8 +191,9 @@ class NetnsLink(ResourceManager):
         if addrs and isinstance(end, NetnsSwitch):
             raise NetnsError(f"NetnsLink {self.guid}: end {i + 1} is a switch, which has no "
                              f"addresses; unset ip{i + 1}")
-        with _BOOK_LOCK:
-            book = self.ec.__dict__.setdefault("_netns_addresses", {})
+        run = run_of(self.ec)
+        with run.lock:
+            book = run.addresses
             for a in addrs:
                 for (owner, host), theirs in book.items():
                     for b in theirs:
@@ -210,10 +209,10 @@ class NetnsLink(ResourceManager):
         return addrs
 
     def _unreserve(self) -> None:
-        with _BOOK_LOCK:
-            book = self.ec.__dict__.get("_netns_addresses", {})
-            for key in [k for k in book if k[0] == self.guid]:
-                del book[key]
+        run = run_of(self.ec)
+        with run.lock:
+            for key in [k for k in run.addresses if k[0] == self.guid]:
+                del run.addresses[key]
 
     def _build(self, ends: list[ResourceManager], addrs: list[list]) -> None:
         self._ends = [(e.netns, self._ifname(e)) for e in ends]

@@ -13,6 +13,7 @@ namespace removes the bridge with every port.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
@@ -35,14 +36,15 @@ class _NamespaceMixin(ResourceManager):
     before the RM is marked RELEASED (what the EC's release waits for).
     """
 
-    _netns: str | None = None
-    _run: NetnsRun | None = None
-    _gone = False  # released: a deploy still running must not create anything now
-
-    @property
-    def life_lock(self) -> threading.Lock:
-        """Held while the namespace is made or removed: a release waits for a deploy."""
-        return self.__dict__.setdefault("_life_lock", threading.Lock())
+    def __init__(self, ec, guid):
+        super().__init__(ec, guid)
+        self._netns: str | None = None
+        self._run: NetnsRun | None = None
+        self._gone = False  # released: a deploy still running must not create anything now
+        # held while the namespace is made or removed: a release waits for a deploy
+        self._life_lock = threading.Lock()
+        self._root_links: list[str] = []  # root-namespace interfaces (sshd's link)
+        self._daemon: subprocess.Popen | None = None  # the sshd, reaped at release
 
     @property
     def netns(self) -> str | None:
@@ -58,16 +60,15 @@ class _NamespaceMixin(ResourceManager):
 
     def do_release(self) -> None:
         try:
-            with self.life_lock:
+            with self._life_lock:
                 self._gone = True
                 if self._run is not None and self._netns is not None:
-                    for dev in self.__dict__.get("_root_links", []):
+                    for dev in self._root_links:
                         # the kernel would delete it with the namespace, but later
                         self._run.remove_link(dev)
                     self._run.remove_namespace(self._netns)
-                    daemon = self.__dict__.get("_daemon")
-                    if daemon is not None:
-                        daemon.wait(30)  # killed with the namespace; reap it
+                    if self._daemon is not None:
+                        self._daemon.wait(30)  # killed with the namespace; reap it
         finally:
             super().do_release()
 
@@ -103,7 +104,7 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
     def do_deploy(self) -> None:
         if self._netns is None:
             try:
-                with self.life_lock:
+                with self._life_lock:
                     ns = self._create_namespace("h", _NO_DAD + (_FORWARD if self.get("forwarding") else ()))
                     if self.get("home") is None:
                         self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
@@ -141,7 +142,7 @@ class NetnsSwitch(_NamespaceMixin):
     def do_deploy(self) -> None:
         if self._netns is None:
             try:
-                with self.life_lock:
+                with self._life_lock:
                     ns = self._create_namespace("s", ())
                     ip_batch(["link add br0 type bridge stp_state %d forward_delay 0"
                               % int(bool(self.get("stp"))), "link set br0 up"],

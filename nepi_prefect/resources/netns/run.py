@@ -68,6 +68,10 @@ class NetnsRun:
     files: list[str] = field(default_factory=list)
     label: str = ""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    #: addresses in use, by (link guid, end guid): no address twice in one run
+    addresses: dict[tuple[int, int], list] = field(default_factory=dict, repr=False)
+    #: the unique-local IPv6 /48 of management links (sshd), chosen on first use
+    ula: str | None = None
 
     # -- the record ----------------------------------------------------------------------
     def _save(self) -> None:

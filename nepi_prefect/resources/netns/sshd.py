@@ -55,7 +55,7 @@ def _keys(run: NetnsRun, workdir: str) -> tuple[str, str]:
 
 def _ula(run: NetnsRun) -> str:
     with run.lock:
-        if not hasattr(run, "ula"):
+        if run.ula is None:
             run.ula = "fd%02x:%04x:%04x" % (secrets.randbits(8), secrets.randbits(16),
                                             secrets.randbits(16))
         return run.ula
