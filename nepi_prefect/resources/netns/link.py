@@ -7,11 +7,12 @@ order; on a switch it is ``p<link guid>``, a port of ``br0``. The veth is
 created directly inside the two namespaces, so nothing appears in the root
 namespace.
 
-Shaping (delay, jitter, loss, duplicate, reorder, rate) is one netem qdisc
-on each end's egress, so it applies in both directions: 20 ms of delay
-gives 40 ms of round-trip time. These attributes can change while the
-experiment runs (``set`` or ``set_with_conditions``): the qdisc is changed
-in place (``tc qdisc change``), removed when every figure is back to 0.
+Shaping (delay, jitter, loss, duplicate, reorder, rate) is one root qdisc on
+each end's egress, so it applies in both directions: 20 ms of delay gives
+40 ms of round-trip time. A rate alone is a tbf; anything else is a netem.
+These attributes can change while the experiment runs (``set`` or
+``set_with_conditions``): the qdisc is changed in place (``tc qdisc
+change``), replaced when its kind changes, removed when every figure is 0.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsi
 from nepi_prefect.resources.netns.node import NetnsNode, NetnsSwitch, endpoint_ready
 from nepi_prefect.resources.netns.run import NetnsError, ip_batch, run_of, sh
 
-#: the shaping attributes: name -> (help, netem keyword, unit)
+#: the shaping attributes: name -> (help, upper bound)
 SHAPING = {
-    "delay": ("One-way delay in ms (each direction)", "delay", "ms"),
-    "jitter": ("Delay variation in ms (needs delay)", None, "ms"),
-    "loss": ("Packet loss in percent", "loss", "%"),
-    "duplicate": ("Packet duplication in percent", "duplicate", "%"),
-    "reorder": ("Packets sent at once (out of order) in percent (needs delay)", "reorder", "%"),
-    "rate": ("Rate limit in Mbit/s (0: none)", "rate", "mbit"),
+    "delay": ("One-way delay in ms (each direction)", None),
+    "jitter": ("Delay variation in ms (needs delay)", None),
+    "loss": ("Packet loss in percent", 100.0),
+    "duplicate": ("Packet duplication in percent", 100.0),
+    "reorder": ("Packets sent at once (out of order) in percent (needs delay)", 100.0),
+    "rate": ("Rate limit in Mbit/s (0: none)", None),
 }
 
 
@@ -108,8 +109,8 @@ class NetnsLink(ResourceManager):
     """A point-to-point link (veth pair) between two NetnsNodes/NetnsSwitches."""
 
     _rtype = "NetnsLink"
-    _help = ("A link (veth pair) between two NetnsNode/NetnsSwitch ends, with addresses and "
-             "netem shaping that can change at run time")
+    _help = ("A link (veth pair) between two NetnsNode/NetnsSwitch ends, with addresses and tc "
+             "shaping (delay, loss, rate, ...) that can change at run time")
     _platform = "netns"
 
     @classmethod
@@ -122,8 +123,7 @@ class NetnsLink(ResourceManager):
                 type=Types.String, flags=Flags.Design, set_hook=_check_addresses))
         cls._register_attribute(Attribute(
             "mtu", "MTU of both ends", type=Types.Integer, range=(68, 65535), flags=Flags.Design))
-        for name, (help_, _kw, _unit) in SHAPING.items():
-            high = 100.0 if _unit == "%" else None
+        for name, (help_, high) in SHAPING.items():
             cls._register_attribute(Attribute(
                 name, f"{help_}; can change at run time", type=Types.Double, default=0.0,
                 range=(0.0, high)))
