@@ -13,6 +13,7 @@ import pytest
 
 from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceState
+from nepi_prefect.resources.netns.run import NetnsError
 from nepi_prefect.spec.io import build_experiment, description_from_data
 from nepi_prefect.spec.validate import DescriptionError
 from tests.fixtures.netns_runs import (  # noqa: F401 (fixtures)
@@ -93,8 +94,16 @@ def test_rate_changes_at_run_time_with_set_and_set_with_conditions(ec):
     ec.set_with_conditions("rate", 5, link, app, S.STARTED, "0.2s")
     wait_for(lambda: "rate 5Mbit" in _qdisc(ns1, if1), what="the rate to change to 5 Mbit/s")
     assert ec.get(link, "rate") == 5
+    if netem_available():  # a delay turns the tbf into a netem that keeps the rate
+        ec.set(link, "delay", 20)
+        assert "netem" in _qdisc(ns1, if1) and "delay 20ms" in _qdisc(ns2, if2)
+        ec.set(link, "delay", 0)
+    else:  # refused with the reason; the attribute and the qdisc stay as they were
+        with pytest.raises(NetnsError, match="This kernel has no netem"):
+            ec.set(link, "delay", 20)
+        assert ec.get(link, "delay") == 0 and "rate 5Mbit" in _qdisc(ns1, if1)
     ec.set(link, "rate", 0)
-    assert "tbf" not in _qdisc(ns1, if1)
+    assert "tbf" not in _qdisc(ns1, if1) and "netem" not in _qdisc(ns1, if1)
 
 
 def test_delay_gives_round_trip_time_or_a_clear_no_netem_error(ec):

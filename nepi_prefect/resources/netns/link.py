@@ -237,16 +237,19 @@ class NetnsLink(ResourceManager):
             if want is None and self._shaped is None:
                 return
             if want is None:
-                line = "qdisc del dev {dev} root"
-            else:
-                verb = "change" if self._shaped == want[0] else "replace"
-                line = f"qdisc {verb} dev {{dev}} root {want[0]} {' '.join(want[1])}"
+                for ns, ifname in self._ends:  # an end may have none left: not an error
+                    sh(["tc", "-n", ns, "qdisc", "del", "dev", ifname, "root"], "tc", check=False)
+                self._shaped = None
+                return
+            verb = "change" if self._shaped == want[0] else "replace"
+            line = f"qdisc {verb} dev {{dev}} root {want[0]} {' '.join(want[1])}"
             for ns, ifname in self._ends:
                 try:
                     ip_batch([line.format(dev=ifname)], f"tc on {ns}/{ifname}", netns=ns, tool="tc")
                 except NetnsError as exc:
+                    self._shaped = "unknown"  # the ends may differ now: next time, replace
                     raise NetnsError(_tc_refusal(self.guid, want, exc)) from None
-            self._shaped = want[0] if want else None
+            self._shaped = want[0]
 
     def _set_value(self, attr, value):
         name = attr if isinstance(attr, str) else attr.name
@@ -257,7 +260,11 @@ class NetnsLink(ResourceManager):
             try:
                 self._apply_shaping()
             except NetnsError:
-                super()._set_value(attr, old)  # keep the attribute true to the link
+                super()._set_value(attr, old)  # keep the attribute and the link as they were
+                try:
+                    self._apply_shaping()
+                except NetnsError as exc:
+                    self.error(f"restoring the previous shaping failed: {exc}")
                 raise
             self.info(f"shaping now: {describe_shaping({k: self.get(k) for k in SHAPING})}")
         return value
