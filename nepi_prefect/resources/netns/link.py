@@ -27,6 +27,9 @@ from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsi
 from nepi_prefect.resources.netns.node import NetnsNode, NetnsSwitch, endpoint_ready
 from nepi_prefect.resources.netns.run import NetnsError, ip_batch, run_of, sh
 
+#: how often a link (or route) checks whether its ends are READY: often enough not to
+#: add to a build, rarely enough that 100 waiting links do not load the dispatcher
+END_WAIT = "0.1s"
 #: the shaping attributes: name -> (help, upper bound)
 SHAPING = {
     "delay": ("One-way delay in ms (each direction)", None),
@@ -170,7 +173,7 @@ class NetnsLink(ResourceManager):
             raise NetnsError(f"NetnsLink {self.guid}: its end {bad.get_rtype()} {bad.guid} "
                              f"FAILED: {bad.failure or 'see its log'}")
         if not all(ready):
-            self.ec.schedule("0.05s", self.deploy)
+            self.ec.schedule(END_WAIT, self.deploy)
             return
         with self._life_lock:
             if self._releasing:
@@ -318,7 +321,7 @@ class NetnsRoute(ResourceManager):
             bad = waits[ready.index(None)]
             raise NetnsError(f"NetnsRoute {self.guid}: {bad.get_rtype()} {bad.guid} FAILED")
         if not all(ready):
-            self.ec.schedule("0.05s", self.deploy)
+            self.ec.schedule(END_WAIT, self.deploy)
             return
         routes = [r.strip() for r in (self.get("routes") or "").replace("\n", ";").split(";")]
         ip_batch([f"route replace {r}" for r in routes if r],

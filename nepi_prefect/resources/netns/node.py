@@ -24,8 +24,6 @@ from nepi_prefect.resources.netns.sshd import start_sshd
 from nepi_prefect.transport.base import Transport
 from nepi_prefect.transport.netns import NetnsTransport
 
-#: IPv6 addresses usable at once: no duplicate address detection inside the emulation
-_NO_DAD = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 _FORWARD = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 
 
@@ -105,7 +103,7 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
         if self._netns is None:
             try:
                 with self._life_lock:
-                    ns = self._create_namespace("h", _NO_DAD + (_FORWARD if self.get("forwarding") else ()))
+                    ns = self._create_namespace("h", _FORWARD if self.get("forwarding") else ())
                     if self.get("home") is None:
                         self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
                     if self.get("sshd"):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from nepi_prefect import settings
+from nepi_prefect.transport.netns import netns_argv
 
 
 class NetnsError(RuntimeError):
@@ -120,7 +121,7 @@ class NetnsRun:
         ip_batch(["link set lo up"], f"setting up {ns}", netns=ns)
         settings_ = [s for s in sysctls if s]
         if settings_:
-            sh(["ip", "netns", "exec", ns, "sysctl", "-qw", *settings_], f"configuring {ns}")
+            sh([*netns_argv(ns), "sysctl", "-qw", *settings_], f"configuring {ns}")
         return ns
 
     def remove_namespace(self, ns: str) -> None:
