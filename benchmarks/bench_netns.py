@@ -48,7 +48,8 @@ def build_and_teardown(shape: str, hosts: int) -> tuple[float, float, int, int]:
         ec.deploy()
         ok = ec.wait_deployed(guids, timeout=120)
         ready = time.monotonic() - t0
-        bad = [ec.get_resource(g) for g in guids if ec.state(g) != S.READY]
+        # deploy() starts what is READY: STARTED counts too
+        bad = [ec.get_resource(g) for g in guids if not S.READY <= ec.state(g) < S.FAILED]
         if not ok or bad:
             raise SystemExit(f"{shape}: not READY: {bad[:3]} {bad[0].failure if bad else ''}")
         prefix = known_run(ec).prefix
@@ -114,6 +115,7 @@ def iperf3_mbps(rate_mbps: float, seconds: float = 8.0) -> float:
 def main() -> int:
     hosts = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     ok = True
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for shape in ("line", "star"):
         ready, down, rms, left = build_and_teardown(shape, hosts)
         good = ready < 10 and down < 5 and left == 0

@@ -282,12 +282,14 @@ class NetnsLink(ResourceManager):
             super().do_release()
 
     def _destroy(self) -> None:
-        if self._ends:
+        if not self._ends:
+            return
+        # Deleting one end deletes the pair and its qdiscs. When both ends are being
+        # released, deleting their namespaces will do it: no command needed.
+        if not all(end._releasing for end in self.endpoints()):
             ns, ifname = self._ends[0]
-            # deleting one end deletes the pair (and its qdiscs); gone already if the
-            # namespace was deleted first
             sh(["ip", "-n", ns, "link", "del", ifname], "deleting a veth", check=False)
-            self._ends = []
+        self._ends = []
 
 
 @clsinit_copy

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from nepi_prefect import settings
-from nepi_prefect.transport.netns import netns_argv
+from nepi_prefect.transport.netns import NETNS_DIR, netns_argv
 
 
 class NetnsError(RuntimeError):
@@ -136,12 +136,30 @@ class NetnsRun:
         self.forget("links", dev)
 
 
+def namespace_pids(ns: str) -> list[int]:
+    """Processes whose network namespace is ``ns`` (what ``ip netns pids`` prints,
+    read from /proc here: a teardown of fifty hosts should not start fifty programs)."""
+    try:
+        target = os.stat(f"{NETNS_DIR}/{ns}")
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue  # gone, or not ours to look at
+            if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
+                found.append(int(entry))
+    return found
+
+
 def kill_namespace_processes(ns: str) -> None:
-    pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
-    for pid in pids.split():
+    for pid in namespace_pids(ns):
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
 
 
