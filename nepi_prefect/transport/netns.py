@@ -109,8 +109,11 @@ class _Shell:
 class NetnsTransport(LocalTransport):
     """Runs commands with bash inside one named network namespace."""
 
-    def __init__(self, netns: str, max_shells: int = MAX_SHELLS):
+    def __init__(self, netns: str, max_shells: int = MAX_SHELLS, setup: str | None = None):
+        """``setup``: shell commands run once at connect, in the first shell (which
+        the host's first command then reuses), e.g. sysctls written to /proc/sys."""
         self.netns = netns
+        self._setup = setup
         self.label = f"netns:{netns}"
         self._argv = netns_argv(netns)
         self._max = max_shells
@@ -121,6 +124,8 @@ class NetnsTransport(LocalTransport):
     def connect(self) -> None:
         if not os.path.exists(f"{NETNS_DIR}/{self.netns}"):
             raise TransportError(f"{self.label}: no such network namespace")
+        if self._setup:
+            self.run(self._setup, timeout=60).check(f"{self.label}: setting up")
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
         shell = self._acquire()

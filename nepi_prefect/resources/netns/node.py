@@ -19,12 +19,14 @@ import threading
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.node import LinuxNode, NodeError
-from nepi_prefect.resources.netns.run import NetnsError, NetnsRun, ip_batch, run_of
+from nepi_prefect.resources.netns.run import NetnsError, NetnsRun, ip_batch, run_of, sh
 from nepi_prefect.resources.netns.sshd import start_sshd
 from nepi_prefect.transport.base import Transport
-from nepi_prefect.transport.netns import NetnsTransport
+from nepi_prefect.transport.netns import NetnsTransport, netns_argv
 
-_FORWARD = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+#: a router: written to /proc/sys by the host's first shell (no sysctl program to start)
+_FORWARD = ("echo 1 > /proc/sys/net/ipv4/ip_forward && "
+            "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding")
 
 
 class _NamespaceMixin(ResourceManager):
@@ -49,11 +51,11 @@ class _NamespaceMixin(ResourceManager):
         """The namespace's name (``<run prefix>-<h|s><guid>``), once deployed."""
         return self._netns
 
-    def _create_namespace(self, kind: str, sysctls: tuple[str, ...]) -> str:
+    def _create_namespace(self, kind: str) -> str:
         if self._gone:
             raise NetnsError("released while deploying")
         self._run = run_of(self.ec)
-        self._netns = self._run.add_namespace(f"{kind}{self.guid}", sysctls)
+        self._netns = self._run.add_namespace(f"{kind}{self.guid}")
         return self._netns
 
     def do_release(self) -> None:
@@ -97,16 +99,18 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
     def _make_transport(self) -> Transport:
         if self.get("sshd"):
             return LinuxNode._make_transport(self)
-        return NetnsTransport(self.netns)
+        return NetnsTransport(self.netns, setup=_FORWARD if self.get("forwarding") else None)
 
     def do_deploy(self) -> None:
         if self._netns is None:
             try:
                 with self._life_lock:
-                    ns = self._create_namespace("h", _FORWARD if self.get("forwarding") else ())
+                    ns = self._create_namespace("h")
                     if self.get("home") is None:
                         self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
                     if self.get("sshd"):
+                        if self.get("forwarding"):  # SSH, not a netns shell, runs commands
+                            sh([*netns_argv(ns), "sh", "-c", _FORWARD], f"making {ns} a router")
                         self._start_sshd(ns)
             except NetnsError as exc:
                 self.failure = f"NetnsNode {self.guid}: {exc}"
@@ -141,7 +145,7 @@ class NetnsSwitch(_NamespaceMixin):
         if self._netns is None:
             try:
                 with self._life_lock:
-                    ns = self._create_namespace("s", ())
+                    ns = self._create_namespace("s")
                     ip_batch(["link add br0 type bridge stp_state %d forward_delay 0"
                               % int(bool(self.get("stp"))), "link set br0 up"],
                              f"creating the bridge of {ns}", netns=ns)

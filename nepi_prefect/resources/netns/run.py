@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from nepi_prefect import settings
-from nepi_prefect.transport.netns import NETNS_DIR, netns_argv
+from nepi_prefect.transport.netns import NETNS_DIR
 
 
 class NetnsError(RuntimeError):
@@ -109,8 +109,8 @@ class NetnsRun:
     def name(self, suffix: str) -> str:
         return f"{self.prefix}-{suffix}"
 
-    def add_namespace(self, suffix: str, sysctls: Iterable[str] = ()) -> str:
-        """Create namespace ``<prefix>-<suffix>`` with lo up and ``sysctls`` set."""
+    def add_namespace(self, suffix: str) -> str:
+        """Create namespace ``<prefix>-<suffix>`` with lo up."""
         ns = self.name(suffix)
         self.record("namespaces", ns)
         try:
@@ -119,9 +119,6 @@ class NetnsRun:
             self.forget("namespaces", ns)
             raise _privilege_hint(exc) from None
         ip_batch(["link set lo up"], f"setting up {ns}", netns=ns)
-        settings_ = [s for s in sysctls if s]
-        if settings_:
-            sh([*netns_argv(ns), "sysctl", "-qw", *settings_], f"configuring {ns}")
         return ns
 
     def remove_namespace(self, ns: str) -> None:
