@@ -2,7 +2,8 @@
 
 * a 50-host line and a 50-host star (the compact ``topology:`` form): seconds
   from deploy until every host, switch, link and route is READY (target < 10 s),
-  seconds to release them all (target < 5 s), and nothing left with the run's prefix;
+  seconds to release them all (target < 5 s), nothing left with the run's prefix, and
+  the CPU time it all took (wall times follow the machine's load; CPU time does not);
 * a link with 20 ms of delay each way: ping RTT vs 40 ms (target within 5 %);
   needs netem in the kernel, else the figure is reported as not measurable;
 * a 10 Mbit/s rate limit: iperf3 TCP throughput vs 10 Mbit/s (target within 10 %).
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,13 +38,20 @@ def leftovers(prefix: str) -> int:
     return sum(line.startswith(prefix) for line in ns.splitlines()) + links.count(f": {prefix}")
 
 
-def build_and_teardown(shape: str, hosts: int) -> tuple[float, float, int, int]:
-    """(seconds to READY, seconds to release, RMs, things left)."""
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and its finished children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def build_and_teardown(shape: str, hosts: int) -> tuple[float, float, int, int, float]:
+    """(seconds to READY, seconds to release, RMs, things left, CPU seconds used)."""
     desc = description_from_data({"name": f"bench-{shape}",
                                   "topology": {"shape": shape, "hosts": hosts}})
     ec = build_experiment(desc, local_dir=tempfile.mkdtemp(prefix="bench-netns-"),
                           recorder=Recorder())
     guids = list(ec.resources)
+    cpu0 = cpu_seconds()
     try:
         t0 = time.monotonic()
         ec.deploy()
@@ -58,7 +67,7 @@ def build_and_teardown(shape: str, hosts: int) -> tuple[float, float, int, int]:
         teardown = time.monotonic() - t0
     finally:
         ec.shutdown()
-    return ready, teardown, len(guids), leftovers(prefix)
+    return ready, teardown, len(guids), leftovers(prefix), cpu_seconds() - cpu0
 
 
 def _pair(ec: ExperimentController, **shaping) -> tuple[int, int, int]:
@@ -117,11 +126,12 @@ def main() -> int:
     ok = True
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for shape in ("line", "star"):
-        ready, down, rms, left = build_and_teardown(shape, hosts)
+        ready, down, rms, left, cpu = build_and_teardown(shape, hosts)
         good = ready < 10 and down < 5 and left == 0
         ok &= good
         print(f"{shape:5} {hosts} hosts ({rms} RMs): READY in {ready:.2f} s (target < 10), "
-              f"teardown {down:.2f} s (target < 5), left behind {left}  "
+              f"teardown {down:.2f} s (target < 5), left behind {left}, "
+              f"CPU {cpu:.2f} s in all  "
               f"{'OK' if good else 'MISSED'}")
     rtt, why = ping_rtt(20.0)
     if rtt is None:
