@@ -12,13 +12,14 @@ import textwrap
 import pytest
 
 from nepi_prefect.execution.errors import AttributeValueError
+from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceState
 from nepi_prefect.resources.netns.run import NetnsError
 from nepi_prefect.spec.io import build_experiment, description_from_data
 from nepi_prefect.spec.validate import DescriptionError
 from tests.fixtures.netns_runs import (  # noqa: F401 (fixtures)
-    ec, leftovers, netem_available, netns_state, prefix_of, wait_for)
-from tests.helpers import add_rm
+    ec, leftovers, netem_available, netns_state, prefix_of)
+from tests.helpers import add_rm, wait_until
 
 S = ResourceState
 
@@ -65,7 +66,7 @@ def test_star_and_line_from_compact_description(tmp_path, netns_state):
         ],
         "connections": [["sh1", "p1"], ["lh1", "p2"]],
     })
-    ec = build_experiment(desc, local_dir=str(tmp_path), recorder=None)
+    ec = build_experiment(desc, local_dir=str(tmp_path), recorder=Recorder())
     try:
         ec.deploy()
         guids = [g for g in ec.resources if ec.get_resource(g).get_rtype() == "LinuxPing"]
@@ -92,7 +93,7 @@ def test_rate_changes_at_run_time_with_set_and_set_with_conditions(ec):
     app = add_rm(ec, "LinuxApplication", node=a, command="sleep 0.5")
     ec.deploy([app])
     ec.set_with_conditions("rate", 5, link, app, S.STARTED, "0.2s")
-    wait_for(lambda: "rate 5Mbit" in _qdisc(ns1, if1), what="the rate to change to 5 Mbit/s")
+    wait_until(lambda: "rate 5Mbit" in _qdisc(ns1, if1), message="the rate to change to 5 Mbit/s")
     assert ec.get(link, "rate") == 5
     if netem_available():  # a delay turns the tbf into a netem that keeps the rate
         ec.set(link, "delay", 20)
@@ -156,7 +157,7 @@ def test_killed_run_is_cleaned_by_the_cli(tmp_path, netns_state):
     out = subprocess.run([cli, "cleanup", "--netns"], capture_output=True, text=True, timeout=60)
     assert prefix in out.stdout, out.stdout + out.stderr
     assert leftovers(prefix) == []
-    wait_for(lambda: _gone(sshd_pid), what="the sshd to end")
+    wait_until(lambda: _gone(sshd_pid), message="the sshd to end")
     assert os.listdir(netns_state) == []
 
 
@@ -197,7 +198,7 @@ def test_overlapping_addresses_fail_at_deploy_and_leave_nothing(ec):
     ec.register_connection(l2, c)
     ec.deploy()
     rms = [ec.get_resource(g) for g in (l1, l2)]
-    wait_for(lambda: any(rm.failure for rm in rms), what="a link to fail")
+    wait_until(lambda: any(rm.failure for rm in rms), message="a link to fail")
     assert "overlaps the address 10.0.0.2/24" in " ".join(rm.failure or "" for rm in rms)
     prefix = prefix_of(ec)
     ec.shutdown()
@@ -212,7 +213,7 @@ def test_link_with_one_end_fails_clearly(ec):
         ec.register_connection(lonely, add_rm(ec, "LinuxPing"))
     ec.deploy()
     rm = ec.get_resource(lonely)
-    wait_for(lambda: rm.failure, what="the link to fail")
+    wait_until(lambda: rm.failure, message="the link to fail")
     assert "needs two ends" in rm.failure and "connected to 1" in rm.failure
     prefix = prefix_of(ec)
     ec.shutdown()
@@ -223,7 +224,7 @@ def test_a_rate_tc_refuses_fails_and_removes_the_veth(ec):
     a, b, link = _pair(ec, rate=1e-7)
     ec.deploy()
     rm = ec.get_resource(link)
-    wait_for(lambda: rm.failure, what="the link to fail")
+    wait_until(lambda: rm.failure, message="the link to fail")
     assert "tc refused 'tbf rate 0bit" in rm.failure
     assert rm.interfaces == []
     for node in (a, b):
@@ -306,7 +307,7 @@ def test_without_privileges_the_error_says_so(tmp_path, netns_state):
 
 def test_dumbbell_example_shows_the_bottleneck(tmp_path, netns_state):
     from nepi_prefect.spec.io import load_experiment
-    ec = load_experiment("examples/dumbbell.yaml", local_dir=str(tmp_path), recorder=None)
+    ec = load_experiment("examples/dumbbell.yaml", local_dir=str(tmp_path), recorder=Recorder())
     try:
         names = {ec.get_resource(g).get_rtype(): g for g in ec.resources}
         flow = next(g for g in ec.resources if ec.get_resource(g).get_rtype() == "LinuxUdpTest"
