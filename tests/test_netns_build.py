@@ -122,24 +122,28 @@ def test_delay_gives_round_trip_time_or_a_clear_no_netem_error(ec):
         assert lk.interfaces == []  # the veth was removed at once
 
 
-def _killed_run(tmp_path) -> tuple[str, int]:
-    """Build two hosts (one with sshd) and a shaped link in a process that is then
-    SIGKILLed; returns the run's prefix and the sshd's pid."""
-    script = textwrap.dedent(f"""
-        import os, signal, sys
+def _network_script(tmp_path, then: str) -> str:
+    """A program that builds two hosts (one with sshd) and a shaped link, prints the
+    run's prefix, then does ``then``."""
+    return textwrap.dedent(f"""
+        import os, signal, sys, threading
         sys.path.insert(0, {os.getcwd()!r})
         from nepi_prefect.execution.ec import ExperimentController
         from nepi_prefect.execution.recording import Recorder
         from nepi_prefect.resources.netns.run import known_run
         from tests.helpers import add_rm
-        ec = ExperimentController(exp_id="killed", local_dir={str(tmp_path)!r}, recorder=Recorder())
+        ec = ExperimentController(exp_id="child", local_dir={str(tmp_path)!r}, recorder=Recorder())
         a = add_rm(ec, "NetnsNode", sshd=True); b = add_rm(ec, "NetnsNode")
         l = add_rm(ec, "NetnsLink", ip1="10.0.0.1/24", ip2="10.0.0.2/24", rate=5)
         ec.register_connection(l, a); ec.register_connection(l, b)
         ec.deploy(); assert ec.wait_deployed([a, b, l], timeout=60)
         print(known_run(ec).prefix, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
+    """) + then + "\n"
+
+
+def _killed_run(tmp_path) -> tuple[str, int]:
+    """Run :func:`_network_script` and SIGKILL it; returns the run's prefix and the sshd's pid."""
+    script = _network_script(tmp_path, "os.kill(os.getpid(), signal.SIGKILL)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -253,21 +257,7 @@ def test_description_errors_name_the_problem(netns_state):
 
 
 def test_ctrl_c_releases_everything(tmp_path, netns_state):
-    script = textwrap.dedent(f"""
-        import sys, threading
-        sys.path.insert(0, {os.getcwd()!r})
-        from nepi_prefect.execution.ec import ExperimentController
-        from nepi_prefect.execution.recording import Recorder
-        from nepi_prefect.resources.netns.run import known_run
-        from tests.helpers import add_rm
-        ec = ExperimentController(exp_id="ctrlc", local_dir={str(tmp_path)!r}, recorder=Recorder())
-        a = add_rm(ec, "NetnsNode", sshd=True); b = add_rm(ec, "NetnsNode")
-        l = add_rm(ec, "NetnsLink", ip1="10.0.0.1/24", ip2="10.0.0.2/24", rate=5)
-        ec.register_connection(l, a); ec.register_connection(l, b)
-        ec.deploy(); assert ec.wait_deployed([a, b, l], timeout=60)
-        print(known_run(ec).prefix, flush=True)
-        threading.Event().wait()  # until Ctrl-C
-    """)
+    script = _network_script(tmp_path, "threading.Event().wait()  # until Ctrl-C")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
