@@ -122,9 +122,9 @@ def test_delay_gives_round_trip_time_or_a_clear_no_netem_error(ec):
         assert lk.interfaces == []  # the veth was removed at once
 
 
-def _network_script(tmp_path, then: str) -> str:
-    """A program that builds two hosts (one with sshd) and a shaped link, prints the
-    run's prefix, then does ``then``."""
+def _network_script(tmp_path, then: str, sshd: bool = True) -> str:
+    """A program that builds two hosts (one with sshd if ``sshd``) and a shaped link,
+    prints the run's prefix, then does ``then``."""
     return textwrap.dedent(f"""
         import os, signal, sys, threading
         sys.path.insert(0, {os.getcwd()!r})
@@ -133,10 +133,11 @@ def _network_script(tmp_path, then: str) -> str:
         from nepi_prefect.resources.netns.run import known_run
         from tests.helpers import add_rm
         ec = ExperimentController(exp_id="child", local_dir={str(tmp_path)!r}, recorder=Recorder())
-        a = add_rm(ec, "NetnsNode", sshd=True); b = add_rm(ec, "NetnsNode")
+        a = add_rm(ec, "NetnsNode", sshd={sshd}); b = add_rm(ec, "NetnsNode")
         l = add_rm(ec, "NetnsLink", ip1="10.0.0.1/24", ip2="10.0.0.2/24", rate=5)
         ec.register_connection(l, a); ec.register_connection(l, b)
-        ec.deploy(); assert ec.wait_deployed([a, b, l], timeout=60)
+        ec.deploy(); assert ec.wait_deployed([a, b, l], timeout=90)
+        assert not ec.get_resource(a).failure, ec.get_resource(a).failure
         print(known_run(ec).prefix, flush=True)
     """) + then + "\n"
 
@@ -155,6 +156,7 @@ def _killed_run(tmp_path) -> tuple[str, int]:
         return prefix, json.load(f)["pids"][0]
 
 
+@pytest.mark.ssh  # the killed run's host logs in over its own sshd
 def test_killed_run_is_cleaned_by_the_cli(tmp_path, netns_state):
     prefix, sshd_pid = _killed_run(tmp_path)
     cli = os.path.join(os.path.dirname(sys.executable), "nepi-prefect")
@@ -165,6 +167,7 @@ def test_killed_run_is_cleaned_by_the_cli(tmp_path, netns_state):
     assert os.listdir(netns_state) == []
 
 
+@pytest.mark.ssh
 def test_killed_run_is_cleaned_by_the_next_run(tmp_path, netns_state, ec):
     prefix, _ = _killed_run(tmp_path)
     node = add_rm(ec, "NetnsNode")
@@ -257,18 +260,22 @@ def test_description_errors_name_the_problem(netns_state):
 
 
 def test_ctrl_c_releases_everything(tmp_path, netns_state):
-    script = _network_script(tmp_path, "threading.Event().wait()  # until Ctrl-C")
+    script = _network_script(tmp_path, "threading.Event().wait()  # until Ctrl-C", sshd=False)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         prefix = proc.stdout.readline().strip()
         assert prefix, proc.stderr.read()
-        assert len(leftovers(prefix)) == 3
+        assert len(leftovers(prefix)) == 2
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert leftovers(prefix) == []
     assert os.listdir(netns_state) == []
 
