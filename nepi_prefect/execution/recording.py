@@ -4,7 +4,8 @@ The engine describes each RM action (deploy, start, stop, release) as an
 :class:`ActionRun` and reports every change of it to a :class:`Recorder`.
 The Prefect bridge (``nepi_prefect.orchestration``) is the default recorder:
 an experiment is a flow run, an action run is a task run. The engine itself
-imports nothing of Prefect; it finds the default recorder by name.
+imports nothing of Prefect; it finds the default recorder by name, among the
+entry points of the group ``nepi_prefect.recorders`` (see :func:`default_recorder`).
 
 Recorder calls come from dispatcher threads and must not block: a recorder
 queues what it is told and ships it in the background. Only :meth:`Recorder.close`
@@ -14,15 +15,16 @@ may block, until the record is complete.
 from __future__ import annotations
 
 import enum
-import importlib
 import logging
-import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from nepi_prefect import settings
+from nepi_prefect.execution.errors import InvalidInputError, listing
+from nepi_prefect.execution.states import ActionKind
 
 if TYPE_CHECKING:
     from nepi_prefect.execution.ec import ExperimentController
@@ -47,7 +49,7 @@ class RunState(str, enum.Enum):
 class ActionRun:
     """One action of one RM, as a unit the recorder can show (a task run)."""
 
-    kind: str                 # "deploy" | "start" | "stop" | "release"
+    kind: ActionKind          # deploy, start, stop, release or barrier (a str)
     guid: int
     rtype: str
     upstream: list["ActionRun"] = field(default_factory=list)
@@ -91,24 +93,36 @@ class Recorder:
         """The process is exiting without ``shutdown()``; close the record as well as possible."""
 
 
-#: NEPI_PREFECT_RECORDER selects the default: "prefect" (default) or "none"
-#: (the engine alone, for the engine's own tests and benchmarks), or a
+#: the entry-point group where packages declare recorders, by name
+RECORDER_GROUP = "nepi_prefect.recorders"
 RECORDER_ENV = settings.RECORDER_ENV  # kept for callers that named it here
-_DEFAULTS = {"prefect": "nepi_prefect.orchestration.recorder:PrefectRecorder"}
-_lock = threading.Lock()
 
 
-def default_recorder() -> Recorder:
-    """A new instance of the configured default recorder."""
-    choice = settings.recorder_choice()
+def recorder_names() -> list[str]:
+    """The recorders that can be chosen by name: ``none`` and the entry points."""
+    return sorted({"none", *(ep.name for ep in entry_points(group=RECORDER_GROUP))})
+
+
+def default_recorder(choice: str | None = None) -> Recorder:
+    """A new instance of the recorder named ``choice`` (default: ``$NEPI_PREFECT_RECORDER``).
+
+    A name is ``none`` (record nothing) or an entry point of the group
+    ``nepi_prefect.recorders`` (``prefect`` is the Prefect bridge). A
+    third-party recorder may also be named explicitly as ``module:Class``.
+    """
+    choice = (choice or settings.recorder_choice()).strip()
     if choice.lower() == "none":
         return Recorder()
-    target = _DEFAULTS.get(choice.lower(), choice)
-    module_name, _, class_name = target.partition(":")
-    if not class_name:
-        raise ValueError(
-            f"{RECORDER_ENV}={choice!r}: expected 'prefect', 'none' or 'module:Class'"
-        )
-    with _lock:
-        module = importlib.import_module(module_name)
-    return getattr(module, class_name)()
+    found = {ep.name: ep for ep in entry_points(group=RECORDER_GROUP)}
+    entry = found.get(choice) or found.get(choice.lower())
+    if entry is None and ":" in choice:
+        entry = EntryPoint(name=choice, value=choice, group=RECORDER_GROUP)
+    if entry is None:
+        raise InvalidInputError(
+            f"{RECORDER_ENV}={choice!r}: no such recorder; valid: {listing(recorder_names())} "
+            f"or module:Class (is the package installed? pip install -e . declares the "
+            f"{RECORDER_GROUP} entry points)")
+    rclass = entry.load()
+    if not (isinstance(rclass, type) and issubclass(rclass, Recorder)):
+        raise InvalidInputError(f"{RECORDER_ENV}={choice!r} names {rclass!r}, not a Recorder class")
+    return rclass()

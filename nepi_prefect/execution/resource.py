@@ -10,9 +10,7 @@ neighbour it reschedules itself: ``self.ec.schedule(reschedule_delay, self.deplo
 
 from __future__ import annotations
 
-import copy
 import functools
-import importlib.metadata
 import logging
 import threading
 import traceback
@@ -20,83 +18,31 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
-from nepi_prefect.execution.errors import (
-    InvalidInputError,
-    UnknownAttributeError,
-    UnknownResourceTypeError,
-    UnknownTraceError,
-    listing,
+from nepi_prefect.execution.conditions import Condition, as_guids
+from nepi_prefect.execution.errors import InvalidInputError, listing
+from nepi_prefect.execution.factory import ResourceFactory, populate_factory
+from nepi_prefect.execution.rtype import ResourceType, clsinit, clsinit_copy
+from nepi_prefect.execution.states import (
+    STATE_TIME_ATTR,
+    ResourceAction,
+    ResourceAction2str,
+    ResourceState,
+    ResourceState2str,
 )
-from nepi_prefect.execution.trace import Trace, TraceAttr
+from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.util.timefuncs import tnow
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the EC drives RMs; an RM only calls back the EC it is given
     from nepi_prefect.execution.ec import ExperimentController
+
+__all__ = [
+    "ResourceManager", "ResourceFactory", "ResourceState", "ResourceAction", "ResourceState2str",
+    "ResourceAction2str", "STATE_TIME_ATTR", "clsinit", "clsinit_copy", "failtrap",
+    "populate_factory", "reschedule_delay",
+]
 
 #: how long an RM waits before it checks again for a neighbour
 reschedule_delay = "0.5s"
-
-
-class ResourceAction:
-    """Actions a condition can gate."""
-
-    DEPLOY = 0
-    START = 1
-    STOP = 2
-
-
-ResourceAction2str = {0: "DEPLOY", 1: "START", 2: "STOP"}
-
-
-class ResourceState:
-    """Life cycle states, ordered: a larger number is further along."""
-
-    NEW = 0
-    DISCOVERED = 1
-    PROVISIONED = 2
-    READY = 3
-    STARTED = 4
-    STOPPED = 5
-    FINISHED = 6
-    FAILED = 7
-    RELEASED = 8
-
-
-ResourceState2str = {
-    ResourceState.NEW: "NEW",
-    ResourceState.DISCOVERED: "DISCOVERED",
-    ResourceState.PROVISIONED: "PROVISIONED",
-    ResourceState.READY: "READY",
-    ResourceState.STARTED: "STARTED",
-    ResourceState.STOPPED: "STOPPED",
-    ResourceState.FINISHED: "FINISHED",
-    ResourceState.FAILED: "FAILED",
-    ResourceState.RELEASED: "RELEASED",
-}
-
-#: the time stamp attribute each state sets
-STATE_TIME_ATTR = {
-    ResourceState.DISCOVERED: "_discover_time",
-    ResourceState.PROVISIONED: "_provision_time",
-    ResourceState.READY: "_ready_time",
-    ResourceState.STARTED: "_start_time",
-    ResourceState.STOPPED: "_stop_time",
-    ResourceState.FINISHED: "_finish_time",
-    ResourceState.FAILED: "_failed_time",
-    ResourceState.RELEASED: "_release_time",
-}
-
-
-def clsinit(cls):
-    """Class decorator: give ``cls`` fresh attribute and trace templates."""
-    cls._clsinit()
-    return cls
-
-
-def clsinit_copy(cls):
-    """Class decorator: inherit the parent's attributes and traces, then add ``cls``'s."""
-    cls._clsinit_copy()
-    return cls
 
 
 def failtrap(func: Callable) -> Callable:
@@ -115,39 +61,12 @@ def failtrap(func: Callable) -> Callable:
 
 
 @clsinit
-class ResourceManager:
+class ResourceManager(ResourceType):
     """Base class of every resource manager.
 
     :param ec: the experiment controller that owns the RM
     :param guid: the RM's id in that experiment
     """
-
-    _rtype = "Resource"
-    _help = "The base resource manager."
-    _platform = ""
-    _backend = ""
-    _attributes: dict[str, Attribute] = {}
-    _traces: dict[str, Trace] = {}
-    #: True for RMs that reach FINISHED on their own (applications); False for
-    #: those that stay up until stopped or released (nodes, captures, collectors)
-    _finishes_by_itself = False
-
-    # -- class templates -------------------------------------------------
-    @classmethod
-    def _register_attribute(cls, attr: Attribute) -> None:
-        cls._attributes[attr.name] = attr
-
-    @classmethod
-    def _remove_attribute(cls, name: str) -> None:
-        cls._attributes.pop(name, None)
-
-    @classmethod
-    def _register_trace(cls, trace: Trace) -> None:
-        cls._traces[trace.name] = trace
-
-    @classmethod
-    def _remove_trace(cls, name: str) -> None:
-        cls._traces.pop(name, None)
 
     @classmethod
     def _register_attributes(cls) -> None:
@@ -156,74 +75,12 @@ class ResourceManager:
             "When a critical resource fails, the whole experiment fails and is released.",
             type=Types.Bool, default=True, flags=Flags.Design))
 
-    @classmethod
-    def _register_traces(cls) -> None:
-        pass
-
-    @classmethod
-    def _clsinit(cls) -> None:
-        cls._attributes = {}
-        cls._register_attributes()
-        cls._traces = {}
-        cls._register_traces()
-
-    @classmethod
-    def _clsinit_copy(cls) -> None:
-        cls._attributes = {n: copy.copy(a) for n, a in cls._attributes.items()}
-        cls._register_attributes()
-        cls._traces = {n: copy.copy(t) for n, t in cls._traces.items()}
-        cls._register_traces()
-
-    @classmethod
-    def get_rtype(cls) -> str:
-        return cls._rtype
-
-    @classmethod
-    def get_help(cls) -> str:
-        return cls._help or (cls.__doc__ or "").strip()
-
-    @classmethod
-    def get_platform(cls) -> str:
-        return cls._platform or cls._backend
-
-    get_backend = get_platform
-
-    @classmethod
-    def finishes_by_itself(cls) -> bool:
-        """Whether an experiment waiting for its end should wait for this RM."""
-        return cls._finishes_by_itself
-
-    @classmethod
-    def get_attributes(cls) -> list[Attribute]:
-        """The attribute definitions of this type (values live on instances)."""
-        return list(cls._attributes.values())
-
-    @classmethod
-    def get_attribute(cls, name: str) -> Attribute:
-        try:
-            return cls._attributes[name]
-        except KeyError:
-            raise UnknownAttributeError(
-                f"{cls._rtype} has no attribute {name!r}; its attributes are: "
-                f"{listing(cls._attributes)}") from None
-
-    @classmethod
-    def get_traces(cls) -> list[Trace]:
-        return list(cls._traces.values())
-
-    @classmethod
-    @functools.cache  # per class; get_connected() asks on every poll of a waiting RM
-    def _rtype_chain(cls) -> frozenset[str]:
-        """This type's rtype and those of its RM base classes."""
-        return frozenset(k._rtype for k in cls.__mro__ if isinstance(k, type)
-                         and issubclass(k, ResourceManager))
-
     # -- instance ----------------------------------------------------------
     def __init__(self, ec: "ExperimentController", guid: int):
         self._guid = guid
         self._ec = ec
         self._connections: set[int] = set()
-        self._conditions: dict[int, list[tuple[list[int], int, str | None]]] = {}
+        self._conditions: dict[int, list[Condition]] = {}
         self._values: dict[str, Any] = {}
         self._enabled_traces = {t.name for t in self._traces.values() if t.enabled}
         self.deployment_group: Any = None
@@ -260,7 +117,9 @@ class ResourceManager:
         return self._connections
 
     @property
-    def conditions(self) -> dict[int, list[tuple[list[int], int, str | None]]]:
+    def conditions(self) -> dict[int, list[Condition]]:
+        """Conditions by action: ``(group, state, time)`` triples (NEPI's shape),
+        each with its delay in seconds as ``.delay``."""
         return self._conditions
 
     # The state. ``_state`` is a property so that NEPI RMs which assign
@@ -276,6 +135,25 @@ class ResourceManager:
     @property
     def state(self) -> int:
         return self._rm_state
+
+    @property
+    def recorded_state(self) -> ResourceState:
+        """The state last set. Unlike :attr:`state`, which an RM may override to
+        refresh itself (NEPI RMs do), reading it never does any work."""
+        return self._rm_state
+
+    @property
+    def releasing(self) -> bool:
+        """Whether a release of this RM was asked for (it may not be RELEASED yet)."""
+        return self._releasing
+
+    def begin_release(self) -> bool:
+        """Mark the RM as releasing; False if it already was, or is RELEASED."""
+        with self._state_lock:
+            if self._releasing or self._rm_state == ResourceState.RELEASED:
+                return False
+            self._releasing = True
+            return True
 
     @property
     def discover_time(self) -> datetime | None: return self._discover_time
@@ -316,8 +194,8 @@ class ResourceManager:
             attr = state_time_attr or STATE_TIME_ATTR.get(state)
             if attr:
                 setattr(self, attr, time or tnow())
-            self._rm_state = state
-        self._ec._state_changed(self)
+            self._rm_state = ResourceState(state)
+        self._ec.on_state_changed(self)
 
     def set_discovered(self, time=None): self.set_state(ResourceState.DISCOVERED, time=time)
     def set_provisioned(self, time=None): self.set_state(ResourceState.PROVISIONED, time=time)
@@ -329,9 +207,6 @@ class ResourceManager:
     def set_released(self, time=None): self.set_state(ResourceState.RELEASED, time=time)
 
     # -- attributes ----------------------------------------------------------
-    def has_attribute(self, name: str) -> bool:
-        return name in self._attributes
-
     def get(self, name: str) -> Any:
         attr = self.get_attribute(name)
         return self._values.get(name, attr.default)
@@ -354,7 +229,7 @@ class ResourceManager:
             value = attr.set_hook(self._values.get(attr.name, attr.default), value)
         self._values[attr.name] = value
         if attr.is_secret and value not in (None, ""):
-            self._ec._secrets.add(str(value))
+            self._ec.register_secret(value)
         return value
 
     @property
@@ -373,14 +248,6 @@ class ResourceManager:
         return dict(self._metrics)
 
     # -- traces ----------------------------------------------------------------
-    def get_trace(self, name: str) -> Trace:
-        try:
-            return self._traces[name]
-        except KeyError:
-            raise UnknownTraceError(
-                f"{self._rtype} has no trace {name!r}; its traces are: {listing(self._traces)}"
-            ) from None
-
     @property
     def enabled_traces(self) -> set[str]:
         return set(self._enabled_traces)
@@ -438,16 +305,25 @@ class ResourceManager:
     def register_condition(self, action: int, group: int | Iterable[int], state: int,
                            time: str | None = None) -> None:
         """Gate ``action`` on every RM of ``group`` having reached ``state`` (+ ``time``)."""
-        group = [group] if isinstance(group, int) else list(group)
-        self._conditions.setdefault(action, []).append((group, state, time))
+        self.add_condition(action, Condition(group, state, time))  # the delay is parsed here
+
+    def add_condition(self, action: int, condition: Condition) -> None:
+        """Gate ``action`` on ``condition`` (already checked and parsed)."""
+        if action not in ResourceAction2str or isinstance(action, bool):
+            raise InvalidInputError(
+                f"unknown action {action!r}; valid: {listing(ResourceAction2str.values())}")
+        self._conditions.setdefault(ResourceAction(action), []).append(condition)
 
     def unregister_condition(self, group: int | Iterable[int], action: int | None = None) -> None:
-        """Drop the conditions on ``group`` (for ``action`` only, if given)."""
-        group = {group} if isinstance(group, int) else set(group)
+        """Take the guids of ``group`` out of every condition (of ``action`` only, if
+        given); the rest of each condition's group still counts, as in NEPI. A
+        condition left with no guid is dropped."""
+        drop = set(as_guids(group))
         for act, conds in list(self._conditions.items()):
             if action is not None and act != action:
                 continue
-            kept = [c for c in conds if not set(c[0]) & group]
+            kept = [c.without(drop) for c in map(Condition.of, conds)]
+            kept = [c for c in kept if c.group]
             if kept:
                 self._conditions[act] = kept
             else:
@@ -549,7 +425,7 @@ class ResourceManager:
             text += f" - stdout: {out}"
         if err:
             text += f" - stderr: {err}"
-        self._ec._log_for(self, level, text)
+        self._ec.log_for(self, level, text)
 
     def debug(self, msg, out=None, err=None): self._log(logging.DEBUG, msg, out, err)
     def info(self, msg, out=None, err=None): self._log(logging.INFO, msg, out, err)
@@ -559,69 +435,3 @@ class ResourceManager:
 
     def __repr__(self) -> str:
         return f"<{self._rtype} guid={self._guid} {ResourceState2str.get(self._rm_state)}>"
-
-
-class ResourceFactory:
-    """The registry of resource types, by rtype name.
-
-    Types come from the entry-point group ``nepi_prefect.resources`` (the
-    built-ins are declared there too) and from :meth:`register_type`.
-    Entry points are loaded lazily, the first time a type is looked up.
-    """
-
-    ENTRY_POINT_GROUP = "nepi_prefect.resources"
-    _resource_types: dict[str, type[ResourceManager]] = {}
-    _entry_points: dict[str, importlib.metadata.EntryPoint] | None = None
-    _lock = threading.Lock()
-
-    @classmethod
-    def register_type(cls, rclass: type[ResourceManager]) -> None:
-        cls._resource_types[rclass.get_rtype()] = rclass
-
-    @classmethod
-    def _discovered(cls) -> dict[str, importlib.metadata.EntryPoint]:
-        if cls._entry_points is None:
-            with cls._lock:
-                if cls._entry_points is None:
-                    eps = importlib.metadata.entry_points(group=cls.ENTRY_POINT_GROUP)
-                    cls._entry_points = {ep.name: ep for ep in eps}
-        return cls._entry_points
-
-    @classmethod
-    def _load(cls, rtype: str) -> type[ResourceManager] | None:
-        ep = cls._discovered().get(rtype)
-        if ep is None:
-            return None
-        try:
-            rclass = ep.load()
-        except Exception as exc:  # a broken plugin must not break the others
-            logging.getLogger("nepi_prefect").warning(
-                "resource type %s (%s) could not be loaded: %s", rtype, ep.value, exc)
-            return None
-        cls._resource_types.setdefault(rtype, rclass)
-        return rclass
-
-    @classmethod
-    def get_resource_type(cls, rtype: str) -> type[ResourceManager]:
-        rclass = cls._resource_types.get(rtype) or cls._load(rtype)
-        if rclass is None:
-            raise UnknownResourceTypeError(
-                f"unknown resource type {rtype!r}; known types: {listing(cls.resource_types())}")
-        return rclass
-
-    @classmethod
-    def resource_types(cls) -> dict[str, type[ResourceManager]]:
-        """Every known type, loading all entry points."""
-        for name in cls._discovered():
-            if name not in cls._resource_types:
-                cls._load(name)
-        return dict(cls._resource_types)
-
-    @classmethod
-    def create(cls, rtype: str, ec: "ExperimentController", guid: int) -> ResourceManager:
-        return cls.get_resource_type(rtype)(ec, guid)
-
-
-def populate_factory() -> None:
-    """Load every installed resource type (NEPI API)."""
-    ResourceFactory.resource_types()

@@ -13,9 +13,10 @@ import statistics
 import time
 from typing import Any, Callable
 
-from nepi_prefect.execution.ec import ECState, ExperimentController
+from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import ExperimentError
 from nepi_prefect.execution.recording import Recorder
+from nepi_prefect.execution.states import ECState
 
 MetricCallback = Callable[[ExperimentController, int], Any]
 ConvergenceCallback = Callable[[ExperimentController, int, list], bool]
@@ -98,8 +99,7 @@ class ExperimentRunner:
         ec = ExperimentController.load(filepath, **kwargs)
         try:
             if wait_guids is None:
-                from nepi_prefect.spec.run import wait_set  # the description's end
-                wait_guids = wait_set(ec)
+                wait_guids = ec.end_guids()  # a description's wait_for, or what ends by itself
             ec.deploy()
             ec.wait_finished(wait_guids)
             time.sleep(wait_time)

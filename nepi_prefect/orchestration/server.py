@@ -101,9 +101,9 @@ def _at_exit() -> None:
     # Close experiments left without shutdown() while the API is still up,
     # whatever order the atexit hooks were registered in; then stop the API.
     try:
-        from nepi_prefect.execution import ec as ec_module
+        from nepi_prefect.execution.exitguard import close_abandoned
 
-        ec_module._close_abandoned()
+        close_abandoned()
     finally:
         stop_ephemeral()
 

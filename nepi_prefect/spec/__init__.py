@@ -1,5 +1,6 @@
 """Experiment descriptions: pydantic models, validation, YAML/JSON load and save."""
 
+from nepi_prefect.spec import io as _io  # noqa: F401  (registers save/load with the engine)
 from nepi_prefect.spec.models import (
     ConditionSpec,
     ExperimentDescription,

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import InvalidInputError
+from nepi_prefect.execution.persistence import register_serializer
 from nepi_prefect.execution.resource import ResourceAction2str, ResourceState2str
 from nepi_prefect.spec.models import ConditionSpec, ExperimentDescription, ResourceSpec, SweepSpec
 from nepi_prefect.spec.validate import (
@@ -231,6 +232,9 @@ def build_experiment(desc: ExperimentDescription, source: str | None = None,
         ec.shutdown()
         raise
     _ORIGINS[ec] = (names, desc)
+    if desc.wait_for:
+        by_name = {n: g for g, n in names.items()}
+        ec.set_end_guids([by_name[n] for n in desc.wait_for])
     return ec
 
 
@@ -410,3 +414,7 @@ def load_experiment(path: str | os.PathLike, **kwargs: Any) -> ExperimentControl
     desc = read_description(path)
     desc = apply_overrides(desc, overrides, source=str(path))
     return build_experiment(desc, source=str(path), inventory_resolver=resolver, **kwargs)
+
+
+# ExperimentController.save/load write and read these descriptions.
+register_serializer(save_experiment, load_experiment)

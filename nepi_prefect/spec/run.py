@@ -25,12 +25,7 @@ def wait_set(ec: ExperimentController) -> list[int]:
     """The guids whose end ends the run: the description's ``wait_for``, else every
     resource whose type finishes by itself (applications, not nodes, collectors
     or captures). Empty when nothing does: the run then ends once all started."""
-    desc = source_description(ec)
-    if desc is not None and desc.wait_for:
-        by_name = {n: g for g, n in resource_names(ec).items()}
-        return [by_name[n] for n in desc.wait_for]
-    return [guid for guid in ec.resources
-            if type(ec.get_resource(guid)).finishes_by_itself()]
+    return ec.end_guids()
 
 
 def state_counts(ec: ExperimentController) -> dict[str, int]:

@@ -220,7 +220,7 @@ class LinuxNode(ResourceManager):
         creds = resolve_credentials(name)
         for secret in (creds.get("password"), creds.get("private_key")):
             if secret:
-                self.ec._secrets.add(str(secret))
+                self.ec.register_secret(secret)
         cfg.username = cfg.username or creds.get("username")
         cfg.password = cfg.password or creds.get("password")
         if creds.get("private_key") and not cfg.key_filename:

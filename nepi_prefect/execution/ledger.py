@@ -1,0 +1,129 @@
+"""The action-run ledger: every deploy, start, stop, release and barrier as an
+:class:`ActionRun`, and the only code that tells the recorder about them.
+
+The ledger keeps the runs still open for each RM, closes them when the RM
+reaches (or can no longer reach) their goal, and remembers the latest run of
+each kind, from which conditions and release orders draw their edges.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from nepi_prefect.execution.recording import ActionRun, Recorder, RunState
+from nepi_prefect.execution.states import TARGETS, ActionKind, ResourceState
+from nepi_prefect.util.timefuncs import tnow
+
+if TYPE_CHECKING:
+    from nepi_prefect.execution.resource import ResourceManager
+
+S = ResourceState
+K = ActionKind
+
+#: which runs bring an RM to a state, most specific first (for condition edges)
+_RUNS_TO = {S.DISCOVERED: (K.DEPLOY,), S.PROVISIONED: (K.DEPLOY,), S.READY: (K.DEPLOY,),
+            S.STARTED: (K.START, K.DEPLOY), S.STOPPED: (K.STOP, K.START, K.DEPLOY),
+            S.FINISHED: (K.STOP, K.START, K.DEPLOY),
+            S.RELEASED: (K.RELEASE, K.STOP, K.START)}
+
+
+class RunLedger:
+    """Opens, moves and closes action runs, and reports each change to ``recorder``."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+        self._open: dict[int, list[ActionRun]] = collections.defaultdict(list)
+        self._latest: dict[tuple[int, ActionKind], ActionRun] = {}
+        self._lock = threading.Lock()
+
+    # -- opening -----------------------------------------------------------------
+    def open(self, kind: ActionKind, rm: "ResourceManager",
+             upstream: list[ActionRun] | None = None) -> ActionRun:
+        """A new run of ``kind`` for ``rm``, downstream of ``upstream``."""
+        run = ActionRun(kind, rm.guid, rm.get_rtype(), upstream or [])
+        with self._lock:
+            self._open[rm.guid].append(run)
+            self._latest[(rm.guid, kind)] = run
+        self.recorder.action_changed(run)
+        return run
+
+    def open_barrier(self, group: int) -> ActionRun:
+        """The run of a deployment group's barrier (``barrier-group-<n>``)."""
+        run = ActionRun(K.BARRIER, group, "group")
+        self.recorder.action_changed(run)
+        return run
+
+    def add_upstream(self, run: ActionRun, upstream: list[ActionRun]) -> None:
+        """``run`` waits for ``upstream`` too."""
+        if upstream:
+            run.upstream.extend(upstream)
+            self.recorder.action_changed(run)
+
+    # -- moving ------------------------------------------------------------------
+    def scheduled(self, run: ActionRun, when: datetime) -> None:
+        """``run`` is due at ``when`` (later than now)."""
+        if run.state == RunState.PENDING:
+            run.state, run.scheduled_for = RunState.SCHEDULED, when
+            self.recorder.action_changed(run)
+
+    def running(self, run: ActionRun) -> None:
+        if run.state in (RunState.PENDING, RunState.SCHEDULED):
+            run.state, run.started_at = RunState.RUNNING, tnow()
+            self.recorder.action_changed(run)
+
+    def finish(self, run: ActionRun, state: RunState, message: str = "") -> None:
+        """Close ``run`` in ``state`` (nothing if it is closed already)."""
+        with self._lock:
+            if run.state.is_final:
+                return
+            run.state, run.ended_at = state, tnow()
+            if message and not run.message:
+                run.message = message
+            runs = self._open.get(run.guid)
+            if runs and run in runs and run.kind != K.BARRIER:
+                runs.remove(run)
+        self.recorder.action_changed(run)
+
+    def settle(self, run: ActionRun, state: ResourceState, why: str) -> None:
+        """Close ``run`` that will not act: completed if ``state`` already meets its
+        goal, cancelled (``why``) otherwise."""
+        reached = state in TARGETS.get(run.kind, ())
+        self.finish(run, RunState.COMPLETED if reached else RunState.CANCELLED,
+                    "" if reached else why)
+
+    def state_changed(self, rm: "ResourceManager", state: ResourceState) -> None:
+        """Close the open runs of ``rm`` that ``state`` completes or ends."""
+        runs = self._open.get(rm.guid)
+        if not runs:
+            return
+        for run in list(runs):
+            if state in TARGETS[run.kind]:
+                self.finish(run, RunState.COMPLETED)
+            elif state == S.FAILED:
+                failed = RunState.FAILED if run.state == RunState.RUNNING else RunState.CANCELLED
+                self.finish(run, failed, f"{rm.get_rtype()} {rm.guid} FAILED")
+            elif state == S.RELEASED:
+                self.finish(run, RunState.CANCELLED, f"released before its {run.kind}")
+
+    # -- reading -----------------------------------------------------------------
+    def current(self, guid: int) -> ActionRun | None:
+        """The run an RM is working on now (for log routing)."""
+        runs = self._open.get(guid)
+        if not runs:
+            return None
+        running = [r for r in runs if r.state == RunState.RUNNING]
+        return (running or runs)[-1]
+
+    def latest(self, guid: int, kind: ActionKind) -> ActionRun | None:
+        return self._latest.get((guid, kind))
+
+    def run_to(self, guid: int, state: int) -> ActionRun | None:
+        """The run of ``guid`` that brings it to ``state`` (for a condition's edge)."""
+        for kind in _RUNS_TO.get(state, ()):
+            run = self._latest.get((guid, kind))
+            if run is not None:
+                return run
+        return None

@@ -1,0 +1,57 @@
+"""The run's summary: what happened, RM by RM, kept as ``summary.json`` in the run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterable
+
+from nepi_prefect.execution.resource import ResourceManager
+from nepi_prefect.execution.states import STATE_TIME_ATTR, ResourceState, ResourceState2str
+
+S = ResourceState
+#: the furthest state wins, FAILED first
+_OUTCOMES = (S.FAILED, S.FINISHED, S.STOPPED, S.STARTED, S.READY, S.PROVISIONED, S.DISCOVERED)
+
+
+def outcome(rm: ResourceManager) -> str:
+    """The furthest state an RM reached before release (FAILED wins)."""
+    for state in _OUTCOMES:
+        if getattr(rm, STATE_TIME_ATTR[state]) is not None:
+            return ResourceState2str[state]
+    return ResourceState2str[rm.recorded_state]
+
+
+def resource_summary(rm: ResourceManager) -> dict[str, Any]:
+    """One RM's rtype, guid, outcome, transition times, traces, metrics and failure."""
+    stamps = {attr.lstrip("_"): getattr(rm, attr) for attr in STATE_TIME_ATTR.values()}
+    return {
+        "guid": rm.guid, "rtype": rm.get_rtype(), "state": outcome(rm),
+        "times": {name: stamp.isoformat() if stamp else None for name, stamp in stamps.items()},
+        "traces": dict(rm.collected), "metrics": rm.get_metrics(), "failure": rm.failure,
+    }
+
+
+def summary(exp_id: str, run_id: str, run_dir: str, failure: str | None,
+            rms: Iterable[ResourceManager]) -> dict[str, Any]:
+    """What happened in one run, RM by RM (sorted by guid), and host by host."""
+    rms = sorted(rms, key=lambda r: r.guid)
+    data = {"exp_id": exp_id, "run_id": run_id,
+            "state": "FAILED" if failure else "COMPLETED",
+            "failure": failure, "run_dir": run_dir,
+            "resources": [resource_summary(rm) for rm in rms]}
+    hosts = [report for rm in rms if (report := rm.host_report()) is not None]
+    if hosts:  # which hosts did their part and which failed, and why
+        data["hosts"] = hosts
+    return data
+
+
+def write_summary(run_dir: str, data: dict[str, Any], logger: logging.Logger) -> None:
+    """Keep ``summary.json`` in ``run_dir`` (``nepi-prefect results`` reads it)."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "summary.json"), "w") as out:
+            json.dump(data, out, indent=2, default=str)
+    except OSError as exc:
+        logger.warning("could not write the run summary in %s: %s", run_dir, exc)

@@ -1,0 +1,136 @@
+"""What a resource type declares, as a class: its rtype, help, platform,
+attribute and trace templates, and NEPI's ``clsinit``/``clsinit_copy`` decorators.
+
+Values live on RM instances (:mod:`nepi_prefect.execution.resource`); the
+definitions of attributes and traces live here, on the class.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+from nepi_prefect.execution.attribute import Attribute
+from nepi_prefect.execution.errors import UnknownAttributeError, UnknownTraceError, listing
+from nepi_prefect.execution.trace import Trace
+
+
+def clsinit(cls):
+    """Class decorator: give ``cls`` fresh attribute and trace templates."""
+    cls._clsinit()
+    return cls
+
+
+def clsinit_copy(cls):
+    """Class decorator: inherit the parent's attributes and traces, then add ``cls``'s."""
+    cls._clsinit_copy()
+    return cls
+
+
+class ResourceType:
+    """The class side of a resource manager: what the type is and what it offers."""
+
+    _rtype = "Resource"
+    _help = "The base resource manager."
+    _platform = ""
+    _backend = ""
+    _attributes: dict[str, Attribute] = {}
+    _traces: dict[str, Trace] = {}
+    #: True for RMs that reach FINISHED on their own (applications); False for
+    #: those that stay up until stopped or released (nodes, captures, collectors)
+    _finishes_by_itself = False
+
+    @classmethod
+    def _register_attribute(cls, attr: Attribute) -> None:
+        cls._attributes[attr.name] = attr
+
+    @classmethod
+    def _remove_attribute(cls, name: str) -> None:
+        cls._attributes.pop(name, None)
+
+    @classmethod
+    def _register_trace(cls, trace: Trace) -> None:
+        cls._traces[trace.name] = trace
+
+    @classmethod
+    def _remove_trace(cls, name: str) -> None:
+        cls._traces.pop(name, None)
+
+    @classmethod
+    def _register_attributes(cls) -> None:
+        """Declare the type's attributes (override, calling ``_register_attribute``)."""
+
+    @classmethod
+    def _register_traces(cls) -> None:
+        """Declare the type's traces (override, calling ``_register_trace``)."""
+
+    @classmethod
+    def _clsinit(cls) -> None:
+        cls._attributes = {}
+        cls._register_attributes()
+        cls._traces = {}
+        cls._register_traces()
+
+    @classmethod
+    def _clsinit_copy(cls) -> None:
+        cls._attributes = {n: copy.copy(a) for n, a in cls._attributes.items()}
+        cls._register_attributes()
+        cls._traces = {n: copy.copy(t) for n, t in cls._traces.items()}
+        cls._register_traces()
+
+    @classmethod
+    def get_rtype(cls) -> str:
+        return cls._rtype
+
+    @classmethod
+    def get_help(cls) -> str:
+        return cls._help or (cls.__doc__ or "").strip()
+
+    @classmethod
+    def get_platform(cls) -> str:
+        return cls._platform or cls._backend
+
+    get_backend = get_platform
+
+    @classmethod
+    def finishes_by_itself(cls) -> bool:
+        """Whether an experiment waiting for its end should wait for this RM."""
+        return cls._finishes_by_itself
+
+    @classmethod
+    def get_attributes(cls) -> list[Attribute]:
+        """The attribute definitions of this type (values live on instances)."""
+        return list(cls._attributes.values())
+
+    @classmethod
+    def get_attribute(cls, name: str) -> Attribute:
+        try:
+            return cls._attributes[name]
+        except KeyError:
+            raise UnknownAttributeError(
+                f"{cls._rtype} has no attribute {name!r}; its attributes are: "
+                f"{listing(cls._attributes)}") from None
+
+    @classmethod
+    def has_attribute(cls, name: str) -> bool:
+        return name in cls._attributes
+
+    @classmethod
+    def get_traces(cls) -> list[Trace]:
+        return list(cls._traces.values())
+
+    @classmethod
+    def get_trace(cls, name: str) -> Trace:
+        try:
+            return cls._traces[name]
+        except KeyError:
+            raise UnknownTraceError(
+                f"{cls._rtype} has no trace {name!r}; its traces are: {listing(cls._traces)}"
+            ) from None
+
+    @classmethod
+    @functools.cache  # per class; get_connected() asks on every poll of a waiting RM
+    def _rtype_chain(cls) -> frozenset[str]:
+        """This type's rtype and those of its RM base classes."""
+        return frozenset(k._rtype for k in cls.__mro__ if isinstance(k, type)
+                         and issubclass(k, ResourceType))
