@@ -1,12 +1,17 @@
 """Small resource managers for the engine tests: NEPI's node/interface/channel/app graph.
 
 They wait for their neighbours the NEPI way, by rescheduling themselves on
-the EC's dispatcher, so the tests exercise that polling path too.
+the EC's dispatcher, so the tests exercise that polling path too. Importing
+this module registers nothing: a test module asks for the ``engine_types``
+fixture, which registers them in a factory scope of the test's own.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Iterator
+
+import pytest
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import (
@@ -172,6 +177,22 @@ class LegacyApp(ResourceManager):
 
 
 @clsinit_copy
+class Observed(ResourceManager):
+    """Says when its state is read (``state_read``): a waiter has looked at it."""
+
+    _rtype = "TestObserved"
+
+    def __init__(self, ec, guid):
+        super().__init__(ec, guid)
+        self.state_read = threading.Event()
+
+    @property
+    def state(self):
+        self.state_read.set()
+        return self._state
+
+
+@clsinit_copy
 class Host(ResourceManager):
     """Takes what is connected to it along when released, and releases last."""
 
@@ -199,13 +220,14 @@ class Watcher(ResourceManager):
     _rtype = "TestWatcher"
 
 
-_lock = threading.Lock()
+ENGINE_TYPES = (Channel, Interface, Node, App, Trivial, Broken, LegacyApp, Observed, Host, Job,
+                Watcher)
 
 
-def register_all() -> None:
-    with _lock:
-        for cls in (Channel, Interface, Node, App, Trivial, Broken, LegacyApp, Host, Job, Watcher):
+@pytest.fixture
+def engine_types() -> Iterator[None]:
+    """The test RM types, registered for one test only."""
+    with ResourceFactory.scoped():
+        for cls in ENGINE_TYPES:
             ResourceFactory.register_type(cls)
-
-
-register_all()
+        yield

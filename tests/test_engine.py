@@ -8,13 +8,22 @@ import time
 
 import pytest
 
+from nepi_prefect.execution import conditions, persistence
 from nepi_prefect.execution.ec import ECState, ExperimentController
 from nepi_prefect.execution.recording import Recorder, RunState
-from nepi_prefect.execution.resource import ResourceAction, ResourceState
+from nepi_prefect.execution.resource import (
+    ResourceAction,
+    ResourceAction2str,
+    ResourceState,
+    ResourceState2str,
+)
+from nepi_prefect.execution.states import ActionKind
 from nepi_prefect.execution.scheduler import HeapScheduler, Task, TaskStatus
 from nepi_prefect.util.timefuncs import stabsformat, tdiffsec, tnow
 
-from tests import engine_rms  # noqa: F401  (registers the test RM types)
+from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
+
+pytestmark = pytest.mark.usefixtures("engine_types")
 
 S = ResourceState
 
@@ -281,6 +290,29 @@ def test_unregister_condition(ec):
     assert ec.state(app1) == S.STARTED
 
 
+def test_unregister_condition_keeps_the_rest_of_the_group(ec):
+    """NEPI: the given guids leave each condition's group; the others still count."""
+    node, slow = connect_app(ec, duration=30)
+    quick = add(ec, "TestApp", duration=0.2)
+    waiter = add(ec, "TestApp", duration=0.1)
+    for guid in (quick, waiter):
+        ec.register_connection(guid, node)
+    ec.register_condition(waiter, ResourceAction.START, [slow, quick], S.FINISHED, "300ms")
+    ec.register_condition(waiter, ResourceAction.STOP, [slow], S.STARTED)
+    ec.get_resource(waiter).unregister_condition(slow, ResourceAction.START)
+    conditions = ec.get_resource(waiter).conditions
+    assert conditions[ResourceAction.START] == [([quick], S.FINISHED, "300ms")]
+    assert conditions[ResourceAction.START][0].delay == 0.3
+    assert conditions[ResourceAction.STOP] == [([slow], S.STARTED, None)]  # other action kept
+    ec.deploy()
+    assert ec.wait_finished(waiter, timeout=10)
+    rm = ec.get_resource
+    assert ec.state(slow) == S.STARTED
+    assert tdiffsec(rm(waiter).start_time, rm(quick).finish_time) >= 0.3
+    ec.get_resource(waiter).unregister_condition([slow])
+    assert ResourceAction.STOP not in ec.get_resource(waiter).conditions  # emptied: dropped
+
+
 # -- groups and interactive deployment --------------------------------------------------
 
 def test_interactive_deployment_of_a_second_group(ec):
@@ -454,9 +486,11 @@ def test_waits_return_when_the_experiment_fails(ec):
 def test_wait_is_woken_by_the_state_change(ec):
     """Event driven: far sooner than the 0.5 s re-read. The figure (< 50 ms) is
     measured by benchmarks/bench_engine.py; this bound stays generous."""
-    node, app = connect_app(ec)
+    app = ec.register_resource("TestObserved")
     ec.deploy()
     ec.wait_started(app)
+    rm = ec.get_resource(app)
+    rm.state_read.clear()
     woke = {}
 
     def waiter():
@@ -465,10 +499,10 @@ def test_wait_is_woken_by_the_state_change(ec):
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    time.sleep(0.2)
+    assert rm.state_read.wait(10)  # the waiter saw STARTED: it waits for the change now
     changed = time.perf_counter()
     ec.stop(app)
-    thread.join(2)
+    thread.join(10)
     assert woke["at"] - changed < 0.25
 
 
@@ -518,6 +552,47 @@ def test_secrets_never_reach_logs(ec, caplog):
     ec.get_resource(node).info("connecting with hunter2-secret")
     assert all("hunter2-secret" not in m for _, _, m in ec.recorder.logs)
     assert "hunter2-secret" not in caplog.text
+
+
+def test_a_secret_an_rm_obtains_is_masked_once_registered(ec, caplog):
+    node = add(ec, "TestNode", hostname="h")
+    ec.register_secret("s3cr3t-from-a-vault")
+    ec.get_resource(node).warning("key is s3cr3t-from-a-vault")
+    assert any("key is ********" in m for _, _, m in ec.recorder.logs)
+    assert "s3cr3t-from-a-vault" not in caplog.text
+    assert ec.redact("x s3cr3t-from-a-vault y") == "x ******** y"
+
+
+# -- NEPI's vocabulary ---------------------------------------------------------------------------
+
+def test_states_and_actions_keep_nepis_numbers_and_names():
+    assert S.STARTED == 4 and S.RELEASED == 8 and S.FINISHED > S.STARTED
+    assert ResourceState2str[4] == "STARTED" and ResourceState2str[S.FAILED] == "FAILED"
+    assert (ResourceAction.DEPLOY, ResourceAction.START, ResourceAction.STOP) == (0, 1, 2)
+    assert ResourceAction2str[1] == "START"
+    assert (ECState.RUNNING, ECState.FAILED, ECState.TERMINATED) == (1, 2, 3)
+    assert ActionKind.DEPLOY == "deploy" and f"{ActionKind.RELEASE}-x" == "release-x"
+
+
+def test_a_condition_delay_is_parsed_once(ec, monkeypatch):
+    calls = []
+    real = conditions.parse_delay
+    monkeypatch.setattr(conditions, "parse_delay", lambda t: calls.append(t) or real(t))
+    node, first = connect_app(ec, duration=0.1)
+    later = [add(ec, "TestApp", duration=0.1) for _ in range(3)]
+    for guid in later:
+        ec.register_connection(guid, node)
+    ec.register_condition(later, ResourceAction.START, first, S.FINISHED, "200ms")
+    ec.deploy()
+    assert ec.wait_finished(later, timeout=10)
+    assert calls == ["200ms"]
+    assert all(ec.get_resource(g).conditions[ResourceAction.START][0].delay == 0.2 for g in later)
+
+
+def test_save_without_a_registered_format_says_what_to_do(ec, monkeypatch, tmp_path):
+    monkeypatch.setattr(persistence, "_serializer", None)
+    with pytest.raises(persistence.NoSerializerError, match="import nepi_prefect.spec"):
+        ec.save(str(tmp_path / "x.yaml"))
 
 
 def test_summary_lists_every_rm(ec):

@@ -18,7 +18,9 @@ from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 
-from tests import engine_rms  # noqa: F401
+from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
+
+pytestmark = pytest.mark.usefixtures("engine_types")
 
 S = ResourceState
 

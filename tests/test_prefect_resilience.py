@@ -15,10 +15,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.orchestration.recorder import PrefectRecorder
-from tests import engine_rms  # noqa: F401  (registers the test RM types)
+from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
 from tests.fixtures.prefect_api import free_port, launch_server, stop_server
 
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("engine_types")]
 
 
 def apps(ec: ExperimentController, count: int, duration: float) -> list[int]:

@@ -11,10 +11,9 @@ import pytest
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.orchestration.recorder import PrefectRecorder
+from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
 
-from tests import engine_rms  # noqa: F401  (registers the test RM types)
-
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("engine_types")]
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

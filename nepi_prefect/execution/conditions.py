@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from nepi_prefect.execution.errors import InvalidInputError, listing
-from nepi_prefect.execution.states import ResourceState, ResourceState2str
+from nepi_prefect.execution.states import (
+    ResourceAction,
+    ResourceAction2str,
+    ResourceState,
+    ResourceState2str,
+)
 from nepi_prefect.util.timefuncs import parse_delay
 
 
@@ -68,3 +73,25 @@ class Condition(tuple):
         """The same condition with ``guids`` taken out of its group."""
         return Condition([g for g in self.group if g not in guids], self.state, self.time,
                          self.delay)
+
+
+#: the actions a user's condition may gate
+GATEABLE = (ResourceAction.START, ResourceAction.STOP)
+
+
+def checked_condition(action: int, group: list[int], state: int, time: Any,
+                      actions: tuple[int, ...] = GATEABLE) -> Condition:
+    """A user's condition, checked (a clear error for each mistake) and parsed once."""
+    if action not in actions or isinstance(action, bool):
+        raise InvalidInputError(
+            f"unknown or unsupported action {action!r}; valid: "
+            + ", ".join(f"ResourceAction.{ResourceAction2str[a]} ({a})" for a in actions))
+    if state not in ResourceState2str or isinstance(state, bool):
+        raise InvalidInputError(
+            f"unknown state {state!r}; valid: "
+            + ", ".join(f"ResourceState.{n} ({v})" for v, n in ResourceState2str.items()))
+    if state == ResourceState.FAILED:
+        raise InvalidInputError("a condition cannot wait for FAILED: a failed RM never satisfies one")
+    if not group:
+        raise InvalidInputError("a condition needs at least one guid to wait for")
+    return Condition(group, state, time)

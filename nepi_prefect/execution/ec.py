@@ -19,34 +19,28 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any, Callable, Iterable
 
 from nepi_prefect import settings
 from nepi_prefect.execution import exitguard, persistence, report
 from nepi_prefect.execution.attribute import Flags
-from nepi_prefect.execution.conditions import Condition, as_guids
+from nepi_prefect.execution.conditions import Condition, as_guids, checked_condition
 from nepi_prefect.execution.coordination import Coordinator
 from nepi_prefect.execution.dispatch import Dispatch
-from nepi_prefect.execution.errors import (
-    ExperimentStateError,
-    InvalidInputError,
-    UnknownResourceError,
-    listing,
-)
+from nepi_prefect.execution.errors import ExperimentStateError, InvalidInputError, listing
 from nepi_prefect.execution.failures import ExperimentStatus, FailurePolicy
 from nepi_prefect.execution.ledger import RunLedger
 from nepi_prefect.execution.logs import LogRouter
 from nepi_prefect.execution.recording import ActionRun, Recorder, default_recorder
 from nepi_prefect.execution.release import Releaser
-from nepi_prefect.execution.resource import ResourceFactory, ResourceManager
+from nepi_prefect.execution.registry import ResourceRegistry
+from nepi_prefect.execution.resource import ResourceManager
 from nepi_prefect.execution.scheduler import Task
 from nepi_prefect.execution.states import (
     ActionKind,
     ECState,
     ECState2str,
     ResourceAction,
-    ResourceAction2str,
     ResourceState,
     ResourceState2str,
 )
@@ -81,10 +75,8 @@ class ExperimentController:
         self._exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
         self._run_id = run_id or tsformat()
         self._local_dir = settings.results_root(local_dir)
-        self._resources: dict[int, ResourceManager] = {}
-        self._next_guid = 1
+        self._resources = ResourceRegistry()
         self._end_guids: list[int] | None = None
-        self._lock = threading.Lock()
         self._closed = False
         self._logger = logging.getLogger("ExperimentController")
         self._recorder = recorder if recorder is not None else default_recorder()
@@ -95,10 +87,10 @@ class ExperimentController:
         self._dispatch = Dispatch(self._ledger, self._failures.rm_raised, self._logs.redact,
                                   nthreads=settings.nthreads(nthreads),
                                   name=f"nepi-{self._exp_id[:12]}", logger=self._logger)
-        self._coordination = Coordinator(self.get_resource, self._ledger, self._dispatch,
+        self._coordination = Coordinator(self._resources.get, self._ledger, self._dispatch,
                                          lambda: self._status.running, self._failures.fail_rm)
         self._waiters = Waiters(lambda: self.finished)
-        self._release = Releaser(self.get_resource, self._resources.__contains__, self._ledger,
+        self._release = Releaser(self._resources.get, self._resources.__contains__, self._ledger,
                                  self._dispatch, self._coordination, self._wait_released,
                                  self._logger, release_timeout)
         self._recorder.open(self)
@@ -151,33 +143,14 @@ class ExperimentController:
     # -- resources ----------------------------------------------------------
     @property
     def resources(self) -> list[int]:
-        return list(self._resources)
+        return self._resources.guids()
 
     def get_resource(self, guid: int) -> ResourceManager:
-        try:
-            return self._resources[guid]
-        except (KeyError, TypeError):
-            known = self._resources
-            raise UnknownResourceError(
-                f"no resource with guid {guid!r}; registered guids: "
-                f"{listing(known) if len(known) < 50 else f'1..{max(known)}'}") from None
-
-    def _rms(self, guids: int | Iterable[int] | None) -> list[ResourceManager]:
-        return [self.get_resource(g) for g in as_guids(guids)]
+        return self._resources.get(guid)
 
     def register_resource(self, rtype: str, guid: int | None = None) -> int:
         """Create an RM of ``rtype``; returns its guid."""
-        rclass = ResourceFactory.get_resource_type(rtype)
-        with self._lock:
-            if guid is None:
-                guid = self._next_guid
-            elif not isinstance(guid, int) or isinstance(guid, bool) or guid < 0:
-                raise InvalidInputError(f"a guid is a non-negative integer, got {guid!r}")
-            elif guid in self._resources:
-                raise InvalidInputError(f"guid {guid} is already taken by {self._resources[guid]!r}")
-            self._next_guid = max(self._next_guid, guid + 1)
-            self._resources[guid] = rclass(self, guid)
-        return guid
+        return self._resources.create(self, rtype, guid)
 
     def get_attributes(self, guid: int) -> list:
         return self.get_resource(guid).get_attributes()
@@ -207,41 +180,24 @@ class ExperimentController:
         self.get_resource(guid2).unregister_connection(guid1)
 
     # -- conditions -----------------------------------------------------------
-    def _condition(self, action: int, guids2: list[int], state: int, time: Any,
-                   actions: tuple[int, ...] = (ResourceAction.START, ResourceAction.STOP)
-                   ) -> Condition:
-        """The condition, checked and with its delay parsed (once, here)."""
-        if action not in actions:
-            raise InvalidInputError(
-                f"unknown or unsupported action {action!r}; valid: "
-                + ", ".join(f"ResourceAction.{ResourceAction2str[a]} ({a})" for a in actions))
-        if state not in ResourceState2str or isinstance(state, bool):
-            raise InvalidInputError(
-                f"unknown state {state!r}; valid: "
-                + ", ".join(f"ResourceState.{n} ({v})" for v, n in ResourceState2str.items()))
-        if state == S.FAILED:
-            raise InvalidInputError("a condition cannot wait for FAILED: a failed RM never satisfies one")
-        if not guids2:
-            raise InvalidInputError("a condition needs at least one guid to wait for")
-        self._rms(guids2)
-        return Condition(guids2, state, time)
+    def _condition(self, action: int, guids2, state: int, time: Any) -> Condition:
+        group = [rm.guid for rm in self._resources.many(guids2)]
+        return checked_condition(action, group, state, time)
 
     def register_condition(self, guids1, action: int, guids2, state: int,
                            time: str | None = None) -> None:
         """``action`` (START or STOP) of every RM in ``guids1`` waits until every
         RM in ``guids2`` reached ``state``, plus ``time`` counted from when each did."""
-        guids1, guids2 = as_guids(guids1), as_guids(guids2)
         cond = self._condition(action, guids2, state, time)
-        for rm in self._rms(guids1):
+        for rm in self._resources.many(guids1):
             rm.add_condition(action, cond)
 
     def set_with_conditions(self, name: str, value: Any, guids1, guids2, state: int,
                             time: str | None = None) -> None:
         """Set ``name`` to ``value`` on ``guids1`` once they are STARTED and every RM
         in ``guids2`` reached ``state`` (plus ``time``)."""
-        guids1, guids2 = as_guids(guids1), as_guids(guids2)
         cond = self._condition(ResourceAction.START, guids2, state, time)
-        for rm in self._rms(guids1):
+        for rm in self._resources.many(guids1):
             value = rm.get_attribute(name).validate(value)
             self._coordination.plan_set(rm, name, value, cond)
 
@@ -314,9 +270,9 @@ class ExperimentController:
         """
         self._status.require_running("deploy")
         if as_guids(guids):
-            rms = [rm for rm in self._rms(guids) if rm.deployment_group is None]
+            rms = [rm for rm in self._resources.many(guids) if rm.deployment_group is None]
         else:
-            rms = [rm for rm in self._resources.values()
+            rms = [rm for rm in self._resources
                    if rm.state == S.NEW and rm.deployment_group is None]
         if rms:
             self._coordination.deploy(rms, wait_all_ready, group)
@@ -371,17 +327,17 @@ class ExperimentController:
         self._recorder.log(None, logging.ERROR, f"experiment failed: {reason}")
         self._coordination.cancel_all(reason)
         self._waiters.notify()
-        self._release.release_async(list(self._resources))
+        self._release.release_async(self._resources.guids())
 
     # -- waiting ------------------------------------------------------------------------
     def wait(self, guids, states: Iterable[int] = (S.FINISHED, S.FAILED, S.STOPPED, S.RELEASED),
              timeout: float | None = None) -> bool:
         """Block until every RM in ``guids`` is in one of ``states``, or the EC is
         FAILED or TERMINATED. Returns False only if ``timeout`` passed first."""
-        return self._waiters.wait(self._rms(guids), states, timeout, stop_when_finished=True)
+        return self._waiters.wait(self._resources.many(guids), states, timeout, stop_when_finished=True)
 
     def _wait_released(self, guids: list[int], timeout: float) -> bool:
-        return self._waiters.wait(self._rms(guids), (S.RELEASED,), timeout,
+        return self._waiters.wait(self._resources.many(guids), (S.RELEASED,), timeout,
                                   stop_when_finished=False)
 
     def wait_started(self, guids, timeout: float | None = None) -> bool:
@@ -401,16 +357,16 @@ class ExperimentController:
         (a description's ``wait_for``), else every RM whose type finishes by itself."""
         if self._end_guids is not None:
             return list(self._end_guids)
-        return ending_guids(self._resources.values())
+        return ending_guids(self._resources)
 
     def set_end_guids(self, guids: Iterable[int] | None) -> None:
         """Name the RMs whose end ends the run (None: back to the default)."""
-        self._end_guids = None if guids is None else [rm.guid for rm in self._rms(guids)]
+        self._end_guids = None if guids is None else [rm.guid for rm in self._resources.many(guids)]
 
     # -- release and shutdown -----------------------------------------------------------
     def release(self, guids=None) -> None:
         """Release the RMs (default: all) and wait until they are RELEASED."""
-        rms = self._rms(guids) if guids not in (None, []) else list(self._resources.values())
+        rms = self._resources.many(guids) if guids not in (None, []) else list(self._resources)
         self._release.release(rms)
 
     def shutdown(self) -> None:
@@ -445,7 +401,7 @@ class ExperimentController:
     def summary(self) -> dict[str, Any]:
         """What happened, RM by RM: rtype, guid, outcome, transition times, traces."""
         return report.summary(self._exp_id, self._run_id, self.run_dir, self._status.failure,
-                              self._resources.values())
+                              self._resources)
 
     # -- persistence (the description format is registered by nepi_prefect.spec) ---------
     def save(self, path: str) -> str:

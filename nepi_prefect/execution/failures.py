@@ -10,7 +10,6 @@ RM that reaches FAILED, by an exception or by its own verdict, is then:
 
 from __future__ import annotations
 
-import logging
 import threading
 import traceback
 from typing import Callable
