@@ -29,7 +29,9 @@ from nepi_prefect.execution.states import (
 from nepi_prefect.execution.watchers import Watchers
 from nepi_prefect.util.timefuncs import tnow
 
-S = ResourceState
+# The members as module globals: an enum member read off its class costs ten
+# times more (Python 3.11), and these are read on every state change.
+NEW, DISCOVERED, PROVISIONED, READY, STARTED, STOPPED, FINISHED, FAILED, RELEASED = ResourceState
 K = ActionKind
 Lookup = Callable[[int], ResourceManager]
 #: a decided pending action: ("run", due time), ("drop", why) or ("fail", why)
@@ -52,7 +54,7 @@ class Group:
     def on_state_changed(self, rm: ResourceManager) -> None:
         if self.open or rm.guid not in self.waiting:
             return
-        if rm.recorded_state < S.READY and not rm.releasing:
+        if rm.recorded_state < READY and not rm.releasing:
             return  # a FAILED or releasing member counts as done
         with self._lock:
             self.waiting.discard(rm.guid)
@@ -61,6 +63,7 @@ class Group:
                 self.open = True
                 pendings, self.pendings = self.pendings, []
         if opening:
+            self._coordinator.watchers.drop(self, self.members)  # nothing left to watch
             self._coordinator.ledger.finish(self.run, RunState.COMPLETED)
             for pending in pendings:
                 pending.check()
@@ -104,19 +107,19 @@ class Pending:
     def _evaluate(self) -> Verdict | None:
         """None to keep waiting, or the verdict."""
         own = self.rm.recorded_state
-        if own in (S.FAILED, S.RELEASED) or self.rm.releasing:
+        if own in (FAILED, RELEASED) or self.rm.releasing:
             return ("drop", f"{self.rm.get_rtype()} {self.rm.guid} is "
                             f"{ResourceState2str[own]} before its {self.kind}")
         if self.kind == K.START:
-            if own < S.READY:
+            if own < READY:
                 return None
-            if own not in (S.READY, S.STOPPED):
+            if own not in (READY, STOPPED):
                 return ("drop", "already started")
             if self.group is not None and not self.group.open:
                 return None
-        elif own < S.STARTED:
+        elif own < STARTED:
             return None
-        elif own != S.STARTED:
+        elif own != STARTED:
             return ("drop", f"{ResourceState2str[own]} before its {self.kind}")
         return self._due()
 
@@ -127,7 +130,7 @@ class Pending:
             for guid in cond.group:
                 dep = lookup(guid)
                 state = dep.recorded_state
-                if dep.failed_time is not None or state == S.FAILED:
+                if dep.failed_time is not None or state == FAILED:
                     return ("fail", f"its {self.kind} condition can never hold: "
                                     f"{dep.get_rtype()} {guid} FAILED")
                 if state < cond.state:
@@ -155,7 +158,7 @@ class ReleaseGate:
     def check(self) -> None:
         lookup = self.coordinator.lookup
         with self.lock:
-            if self.done or any(lookup(g).recorded_state != S.RELEASED for g in self.after):
+            if self.done or any(lookup(g).recorded_state != RELEASED for g in self.after):
                 return
             self.done = True
         self.coordinator.watchers.drop(self, self.after)

@@ -20,14 +20,16 @@ from nepi_prefect.util.timefuncs import tnow
 if TYPE_CHECKING:
     from nepi_prefect.execution.resource import ResourceManager
 
-S = ResourceState
+# The members as module globals: an enum member read off its class costs ten
+# times more (Python 3.11), and these are read on every state change.
+NEW, DISCOVERED, PROVISIONED, READY, STARTED, STOPPED, FINISHED, FAILED, RELEASED = ResourceState
 K = ActionKind
 
 #: which runs bring an RM to a state, most specific first (for condition edges)
-_RUNS_TO = {S.DISCOVERED: (K.DEPLOY,), S.PROVISIONED: (K.DEPLOY,), S.READY: (K.DEPLOY,),
-            S.STARTED: (K.START, K.DEPLOY), S.STOPPED: (K.STOP, K.START, K.DEPLOY),
-            S.FINISHED: (K.STOP, K.START, K.DEPLOY),
-            S.RELEASED: (K.RELEASE, K.STOP, K.START)}
+_RUNS_TO = {DISCOVERED: (K.DEPLOY,), PROVISIONED: (K.DEPLOY,), READY: (K.DEPLOY,),
+            STARTED: (K.START, K.DEPLOY), STOPPED: (K.STOP, K.START, K.DEPLOY),
+            FINISHED: (K.STOP, K.START, K.DEPLOY),
+            RELEASED: (K.RELEASE, K.STOP, K.START)}
 
 
 class RunLedger:
@@ -102,10 +104,10 @@ class RunLedger:
         for run in list(runs):
             if state in TARGETS[run.kind]:
                 self.finish(run, RunState.COMPLETED)
-            elif state == S.FAILED:
+            elif state == FAILED:
                 failed = RunState.FAILED if run.state == RunState.RUNNING else RunState.CANCELLED
                 self.finish(run, failed, f"{rm.get_rtype()} {rm.guid} FAILED")
-            elif state == S.RELEASED:
+            elif state == RELEASED:
                 self.finish(run, RunState.CANCELLED, f"released before its {run.kind}")
 
     # -- reading -----------------------------------------------------------------

@@ -24,6 +24,7 @@ from nepi_prefect.execution.factory import ResourceFactory, populate_factory
 from nepi_prefect.execution.rtype import ResourceType, clsinit, clsinit_copy
 from nepi_prefect.execution.states import (
     STATE_TIME_ATTR,
+    STATES,
     ResourceAction,
     ResourceAction2str,
     ResourceState,
@@ -40,6 +41,10 @@ __all__ = [
     "ResourceAction2str", "STATE_TIME_ATTR", "clsinit", "clsinit_copy", "failtrap",
     "populate_factory", "reschedule_delay",
 ]
+
+# The members as module globals: an enum member read off its class costs ten
+# times more (Python 3.11), and these are read on every state change.
+NEW, DISCOVERED, PROVISIONED, READY, STARTED, STOPPED, FINISHED, FAILED, RELEASED = ResourceState
 
 #: how long an RM waits before it checks again for a neighbour
 reschedule_delay = "0.5s"
@@ -92,7 +97,7 @@ class ResourceManager(ResourceType):
         #: why the RM FAILED, in one line: set by the RM itself, or by the EC from the
         #: exception an action raised or the condition that can never hold
         self.failure: str | None = None
-        self._rm_state = ResourceState.NEW
+        self._rm_state = NEW
         self._discover_time: datetime | None = None
         self._provision_time: datetime | None = None
         self._ready_time: datetime | None = None
@@ -150,7 +155,7 @@ class ResourceManager(ResourceType):
     def begin_release(self) -> bool:
         """Mark the RM as releasing; False if it already was, or is RELEASED."""
         with self._state_lock:
-            if self._releasing or self._rm_state == ResourceState.RELEASED:
+            if self._releasing or self._rm_state == RELEASED:
                 return False
             self._releasing = True
             return True
@@ -178,7 +183,7 @@ class ResourceManager(ResourceType):
         if stamp is not None:
             return stamp
         later = [getattr(self, STATE_TIME_ATTR[s]) for s in STATE_TIME_ATTR
-                 if s > state and s != ResourceState.FAILED]
+                 if s > state and s != FAILED]
         later = [t for t in later if t is not None]
         return min(later) if later else None
 
@@ -189,22 +194,22 @@ class ResourceManager(ResourceType):
             raise InvalidInputError(
                 f"unknown state {state!r}; valid: {listing(ResourceState2str.values())}")
         with self._state_lock:
-            if self._rm_state == ResourceState.RELEASED and state != ResourceState.RELEASED:
+            if self._rm_state == RELEASED and state != RELEASED:
                 return  # nothing moves a released RM again
             attr = state_time_attr or STATE_TIME_ATTR.get(state)
             if attr:
                 setattr(self, attr, time or tnow())
-            self._rm_state = ResourceState(state)
+            self._rm_state = STATES[state]
         self._ec.on_state_changed(self)
 
-    def set_discovered(self, time=None): self.set_state(ResourceState.DISCOVERED, time=time)
-    def set_provisioned(self, time=None): self.set_state(ResourceState.PROVISIONED, time=time)
-    def set_ready(self, time=None): self.set_state(ResourceState.READY, time=time)
-    def set_started(self, time=None): self.set_state(ResourceState.STARTED, time=time)
-    def set_stopped(self, time=None): self.set_state(ResourceState.STOPPED, time=time)
-    def set_finished(self, time=None): self.set_state(ResourceState.FINISHED, time=time)
-    def set_failed(self, time=None): self.set_state(ResourceState.FAILED, time=time)
-    def set_released(self, time=None): self.set_state(ResourceState.RELEASED, time=time)
+    def set_discovered(self, time=None): self.set_state(DISCOVERED, time=time)
+    def set_provisioned(self, time=None): self.set_state(PROVISIONED, time=time)
+    def set_ready(self, time=None): self.set_state(READY, time=time)
+    def set_started(self, time=None): self.set_state(STARTED, time=time)
+    def set_stopped(self, time=None): self.set_state(STOPPED, time=time)
+    def set_finished(self, time=None): self.set_state(FINISHED, time=time)
+    def set_failed(self, time=None): self.set_state(FAILED, time=time)
+    def set_released(self, time=None): self.set_state(RELEASED, time=time)
 
     # -- attributes ----------------------------------------------------------
     def get(self, name: str) -> Any:
@@ -235,7 +240,7 @@ class ResourceManager(ResourceType):
     @property
     def is_deployed(self) -> bool:
         """Whether a deploy took this RM in (its Design attributes are frozen)."""
-        return self.deployment_group is not None or self._rm_state > ResourceState.NEW
+        return self.deployment_group is not None or self._rm_state > NEW
 
     def attribute_values(self, only_set: bool = True) -> dict[str, Any]:
         """Attribute values by name: those set explicitly, or all of them."""
@@ -347,18 +352,18 @@ class ResourceManager(ResourceType):
         self.do_provision()
 
     def deploy(self) -> None:
-        if self._rm_state in (ResourceState.FAILED, ResourceState.RELEASED):
+        if self._rm_state in (FAILED, RELEASED):
             return
         self.do_deploy()
 
     def start(self) -> None:
-        if self._rm_state not in (ResourceState.READY, ResourceState.STOPPED):
+        if self._rm_state not in (READY, STOPPED):
             self.error(f"cannot start from state {ResourceState2str[self._rm_state]}")
             return
         self.do_start()
 
     def stop(self) -> None:
-        if self._rm_state != ResourceState.STARTED:
+        if self._rm_state != STARTED:
             self.debug(f"nothing to stop in state {ResourceState2str[self._rm_state]}")
             return
         self.do_stop()
@@ -379,11 +384,11 @@ class ResourceManager(ResourceType):
         self.set_provisioned()
 
     def do_deploy(self) -> None:
-        if self._rm_state < ResourceState.DISCOVERED:
+        if self._rm_state < DISCOVERED:
             self.discover()
-        if self._rm_state < ResourceState.PROVISIONED:
+        if self._rm_state < PROVISIONED:
             self.provision()
-        if self._rm_state < ResourceState.READY:
+        if self._rm_state < READY:
             self.set_ready()
 
     def do_start(self) -> None:
