@@ -11,14 +11,12 @@ from __future__ import annotations
 import collections
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from nepi_prefect.execution.recording import ActionRun, Recorder, RunState
+from nepi_prefect.execution.resource import ResourceManager
 from nepi_prefect.execution.states import TARGETS, ActionKind, ResourceState
 from nepi_prefect.util.timefuncs import tnow
 
-if TYPE_CHECKING:
-    from nepi_prefect.execution.resource import ResourceManager
 
 # The members as module globals: an enum member read off its class costs ten
 # times more (Python 3.11), and these are read on every state change.
@@ -42,7 +40,7 @@ class RunLedger:
         self._lock = threading.Lock()
 
     # -- opening -----------------------------------------------------------------
-    def open(self, kind: ActionKind, rm: "ResourceManager",
+    def open(self, kind: ActionKind, rm: ResourceManager,
              upstream: list[ActionRun] | None = None) -> ActionRun:
         """A new run of ``kind`` for ``rm``, downstream of ``upstream``."""
         run = ActionRun(kind, rm.guid, rm.get_rtype(), upstream or [])
@@ -96,7 +94,7 @@ class RunLedger:
         self.finish(run, RunState.COMPLETED if reached else RunState.CANCELLED,
                     "" if reached else why)
 
-    def state_changed(self, rm: "ResourceManager", state: ResourceState) -> None:
+    def state_changed(self, rm: ResourceManager, state: ResourceState) -> None:
         """Close the open runs of ``rm`` that ``state`` completes or ends."""
         runs = self._open.get(rm.guid)
         if not runs:

@@ -20,14 +20,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nepi_prefect import settings
 from nepi_prefect.execution.errors import InvalidInputError, listing
+from nepi_prefect.execution.experiment import Experiment
 from nepi_prefect.execution.states import ActionKind
-
-if TYPE_CHECKING:
-    from nepi_prefect.execution.ec import ExperimentController
 
 
 class RunState(str, enum.Enum):
@@ -77,7 +75,7 @@ class Recorder:
     #: log records below this level are not passed to :meth:`log`
     log_level: int = logging.INFO
 
-    def open(self, ec: "ExperimentController") -> None:
+    def open(self, ec: Experiment) -> None:
         """The experiment run begins (the EC was created)."""
 
     def action_changed(self, run: ActionRun) -> None:
@@ -86,10 +84,10 @@ class Recorder:
     def log(self, run: ActionRun | None, level: int, message: str) -> None:
         """An RM (``run`` is its current action) or the EC (``run`` is None) logged."""
 
-    def close(self, ec: "ExperimentController", summary: dict[str, Any]) -> None:
+    def close(self, ec: Experiment, summary: dict[str, Any]) -> None:
         """The experiment run ended (shutdown). Block until the record is complete."""
 
-    def abandon(self, ec: "ExperimentController", reason: str) -> None:
+    def abandon(self, ec: Experiment, reason: str) -> None:
         """The process is exiting without ``shutdown()``; close the record as well as possible."""
 
 

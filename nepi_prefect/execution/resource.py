@@ -15,11 +15,12 @@ import logging
 import threading
 import traceback
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.conditions import Condition, as_guids
 from nepi_prefect.execution.errors import InvalidInputError, listing
+from nepi_prefect.execution.experiment import Experiment
 from nepi_prefect.execution.factory import ResourceFactory, populate_factory
 from nepi_prefect.execution.rtype import ResourceType, clsinit, clsinit_copy
 from nepi_prefect.execution.states import (
@@ -32,9 +33,6 @@ from nepi_prefect.execution.states import (
 )
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.util.timefuncs import tnow
-
-if TYPE_CHECKING:  # the EC drives RMs; an RM only calls back the EC it is given
-    from nepi_prefect.execution.ec import ExperimentController
 
 __all__ = [
     "ResourceManager", "ResourceFactory", "ResourceState", "ResourceAction", "ResourceState2str",
@@ -81,7 +79,7 @@ class ResourceManager(ResourceType):
             type=Types.Bool, default=True, flags=Flags.Design))
 
     # -- instance ----------------------------------------------------------
-    def __init__(self, ec: "ExperimentController", guid: int):
+    def __init__(self, ec: Experiment, guid: int):
         self._guid = guid
         self._ec = ec
         self._connections: set[int] = set()
@@ -114,7 +112,7 @@ class ResourceManager(ResourceType):
         return self._guid
 
     @property
-    def ec(self) -> "ExperimentController":
+    def ec(self) -> Experiment:
         return self._ec
 
     @property

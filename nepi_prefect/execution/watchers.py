@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import Iterable, Protocol
 
-if TYPE_CHECKING:
-    from nepi_prefect.execution.resource import ResourceManager
+from nepi_prefect.execution.resource import ResourceManager
+
 
 
 class Watcher(Protocol):
-    def on_state_changed(self, rm: "ResourceManager") -> None:
+    def on_state_changed(self, rm: ResourceManager) -> None:
         """``rm``, which this watcher watches, changed state."""
 
 
@@ -41,7 +41,7 @@ class Watchers:
                 if found and watcher in found:
                     found.remove(watcher)
 
-    def state_changed(self, rm: "ResourceManager") -> None:
+    def state_changed(self, rm: ResourceManager) -> None:
         """Tell every watcher of ``rm`` (outside the lock: watchers call back in)."""
         found = self._by_guid.get(rm.guid)
         if found:
