@@ -17,8 +17,8 @@ from nepi_prefect.execution.resource import (
     ResourceState,
     ResourceState2str,
 )
-from nepi_prefect.execution.states import ActionKind
 from nepi_prefect.execution.scheduler import HeapScheduler, Task, TaskStatus
+from nepi_prefect.execution.states import ActionKind
 from nepi_prefect.util.timefuncs import stabsformat, tdiffsec, tnow
 
 from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
