@@ -34,11 +34,11 @@ from nepi_prefect.execution.states import (
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.util.timefuncs import tnow
 
-__all__ = [
-    "ResourceManager", "ResourceFactory", "ResourceState", "ResourceAction", "ResourceState2str",
-    "ResourceAction2str", "STATE_TIME_ATTR", "clsinit", "clsinit_copy", "failtrap",
-    "populate_factory", "reschedule_delay",
-]
+__all__ = ["ResourceManager", "ResourceFactory", "ResourceState", "ResourceAction",
+           "ResourceState2str", "ResourceAction2str", "STATE_TIME_ATTR", "clsinit",
+           "clsinit_copy", "failtrap", "populate_factory", "reschedule_delay", "Attribute",
+           "Flags", "Types", "TraceAttr"]
+S = ResourceState
 
 # The members as module globals: an enum member read off its class costs ten
 # times more (Python 3.11), and these are read on every state change.
@@ -61,6 +61,11 @@ def failtrap(func: Callable) -> Callable:
             raise
 
     return wrapped
+
+
+def _stamp(state: ResourceState) -> property:
+    attr = STATE_TIME_ATTR[state]
+    return property(lambda self: getattr(self, attr), doc=f"When the RM became {state.name}.")
 
 
 @clsinit
@@ -96,14 +101,8 @@ class ResourceManager(ResourceType):
         #: exception an action raised or the condition that can never hold
         self.failure: str | None = None
         self._rm_state = NEW
-        self._discover_time: datetime | None = None
-        self._provision_time: datetime | None = None
-        self._ready_time: datetime | None = None
-        self._start_time: datetime | None = None
-        self._stop_time: datetime | None = None
-        self._finish_time: datetime | None = None
-        self._failed_time: datetime | None = None
-        self._release_time: datetime | None = None
+        for attr in STATE_TIME_ATTR.values():  # _discover_time ... _release_time
+            setattr(self, attr, None)
         self._state_lock = threading.RLock()
         self._logger = logging.getLogger(f"nepi_prefect.resources.{self._rtype}")
 
@@ -158,22 +157,15 @@ class ResourceManager(ResourceType):
             self._releasing = True
             return True
 
-    @property
-    def discover_time(self) -> datetime | None: return self._discover_time
-    @property
-    def provision_time(self) -> datetime | None: return self._provision_time
-    @property
-    def ready_time(self) -> datetime | None: return self._ready_time
-    @property
-    def start_time(self) -> datetime | None: return self._start_time
-    @property
-    def stop_time(self) -> datetime | None: return self._stop_time
-    @property
-    def finish_time(self) -> datetime | None: return self._finish_time
-    @property
-    def failed_time(self) -> datetime | None: return self._failed_time
-    @property
-    def release_time(self) -> datetime | None: return self._release_time
+    # When the RM reached each state (None until it does): NEPI's read-only stamps.
+    discover_time = _stamp(S.DISCOVERED)
+    provision_time = _stamp(S.PROVISIONED)
+    ready_time = _stamp(S.READY)
+    start_time = _stamp(S.STARTED)
+    stop_time = _stamp(S.STOPPED)
+    finish_time = _stamp(S.FINISHED)
+    failed_time = _stamp(S.FAILED)
+    release_time = _stamp(S.RELEASED)
 
     def state_time(self, state: int) -> datetime | None:
         """When the RM reached ``state``, or a later state if it skipped it."""
