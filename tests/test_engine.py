@@ -589,8 +589,16 @@ def test_a_condition_delay_is_parsed_once(ec, monkeypatch):
     assert all(ec.get_resource(g).conditions[ResourceAction.START][0].delay == 0.2 for g in later)
 
 
-def test_save_without_a_registered_format_says_what_to_do(ec, monkeypatch, tmp_path):
+def test_save_finds_the_description_format_without_importing_spec(ec, monkeypatch, tmp_path):
+    monkeypatch.setattr(persistence, "_serializer", None)  # as if spec was never imported
+    ec.register_resource("TestTrivial")
+    path = ec.save(str(tmp_path / "x.yaml"))
+    assert "TestTrivial" in open(path).read()
+
+
+def test_save_without_any_format_says_what_to_do(ec, monkeypatch, tmp_path):
     monkeypatch.setattr(persistence, "_serializer", None)
+    monkeypatch.setattr(persistence, "entry_points", lambda group: [])
     with pytest.raises(persistence.NoSerializerError, match="import nepi_prefect.spec"):
         ec.save(str(tmp_path / "x.yaml"))
 

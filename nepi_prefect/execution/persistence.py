@@ -2,12 +2,16 @@
 
 The engine does not know the description format. ``nepi_prefect.spec``
 registers its writer and reader here when it is imported, and
-``ExperimentController.save/load`` use them; another format can register its
-own pair the same way.
+``ExperimentController.save/load`` use them. If nothing registered a pair yet
+(a NEPI script that never imports ``nepi_prefect.spec``), the first one
+declared in the entry-point group ``nepi_prefect.serializers`` is loaded:
+``pyproject.toml`` declares the description format there. Another format can
+register its own pair either way.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Any, Callable, NamedTuple
 
 from nepi_prefect.execution.errors import ExperimentError
@@ -21,6 +25,8 @@ class Serializer(NamedTuple):
     load: Load
 
 
+#: where packages declare a serializer (a Serializer, or a (save, load) pair)
+SERIALIZER_GROUP = "nepi_prefect.serializers"
 _serializer: Serializer | None = None
 
 
@@ -35,10 +41,15 @@ def register_serializer(save: Save, load: Load) -> None:
 
 
 def serializer() -> Serializer:
-    """The registered pair; a clear error if none was."""
+    """The registered pair, else the first declared entry point; a clear error if none."""
+    if _serializer is None:
+        for entry in entry_points(group=SERIALIZER_GROUP):
+            register_serializer(*entry.load())
+            break
     if _serializer is None:
         raise NoSerializerError(
             "no experiment serializer is registered: import nepi_prefect.spec (it registers "
-            "YAML/JSON descriptions) or call "
+            "YAML/JSON descriptions), reinstall the package (it declares the entry-point "
+            f"group {SERIALIZER_GROUP}) or call "
             "nepi_prefect.execution.persistence.register_serializer(save, load)")
     return _serializer

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import InvalidInputError
-from nepi_prefect.execution.persistence import register_serializer
+from nepi_prefect.execution.persistence import Serializer, register_serializer
 from nepi_prefect.execution.resource import ResourceAction2str, ResourceState2str
 from nepi_prefect.spec.models import ConditionSpec, ExperimentDescription, ResourceSpec, SweepSpec
 from nepi_prefect.spec.validate import (
@@ -416,5 +416,7 @@ def load_experiment(path: str | os.PathLike, **kwargs: Any) -> ExperimentControl
     return build_experiment(desc, source=str(path), inventory_resolver=resolver, **kwargs)
 
 
-# ExperimentController.save/load write and read these descriptions.
-register_serializer(save_experiment, load_experiment)
+# ExperimentController.save/load write and read these descriptions (also found through
+# the entry point nepi_prefect.serializers: description, by scripts that never import spec).
+SERIALIZER = Serializer(save_experiment, load_experiment)
+register_serializer(*SERIALIZER)
