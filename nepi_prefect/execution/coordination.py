@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from nepi_prefect.execution.conditions import Condition
 from nepi_prefect.execution.dispatch import Dispatch
@@ -50,6 +50,16 @@ class Group:
         self.pendings: list[Pending] = []
         self._coordinator = coordinator
         self._lock = threading.Lock()
+
+    def wait_for(self, guids: Iterable[int]) -> None:
+        """The barrier also waits for ``guids`` to be READY."""
+        with self._lock:
+            self.waiting.update(guids)
+
+    def hold(self, pending: "Pending") -> None:
+        """Re-check ``pending`` when the barrier opens."""
+        with self._lock:
+            self.pendings.append(pending)
 
     def on_state_changed(self, rm: ResourceManager) -> None:
         if self.open or rm.guid not in self.waiting:
@@ -224,8 +234,7 @@ class Coordinator:
 
     def _join_barrier(self, grp: Group, rms: list[ResourceManager],
                       deploy_runs: dict[int, ActionRun]) -> None:
-        with grp._lock:
-            grp.waiting.update(rm.guid for rm in rms)
+        grp.wait_for(rm.guid for rm in rms)
         self.watchers.add(grp, [rm.guid for rm in rms])
         self.ledger.add_upstream(grp.run, [deploy_runs[rm.guid] for rm in rms])
         for rm in rms:
@@ -248,8 +257,7 @@ class Coordinator:
         with self._lock:
             self._pending[(rm.guid, kind)] = pending
         if grp is not None:
-            with grp._lock:
-                grp.pendings.append(pending)
+            grp.hold(pending)
         self._watch(pending)
 
     def plan_set(self, rm: ResourceManager, name: str, value: Any, condition: Condition) -> None:

@@ -3,16 +3,9 @@
 The EC registers resource managers, their attributes, connections and
 conditions, deploys them, and drives each through NEW → DISCOVERED →
 PROVISIONED → READY → STARTED → STOPPED/FINISHED (or FAILED) → RELEASED.
-
-This module is the façade: it checks what the user gives and delegates.
-
-* :mod:`~.dispatch` runs every RM action on the timed dispatcher;
-* :mod:`~.coordination` holds conditional actions, group barriers and release
-  order, woken through :mod:`~.watchers` (no thread waits);
-* :mod:`~.ledger` records each action as an :class:`ActionRun` for the recorder;
-* :mod:`~.failures` decides what an RM failure means, :mod:`~.release` frees
-  RMs in order, :mod:`~.waits` wakes ``wait()``, :mod:`~.report` writes the
-  summary and :mod:`~.exitguard` closes experiments left at exit.
+This module is the façade: it checks what the user gives and delegates to
+dispatch, coordination, the ledger, failures, release, waits and report
+(``docs/architecture.md`` draws who does what).
 """
 
 from __future__ import annotations
