@@ -22,6 +22,7 @@ from nepi_prefect.execution.states import ActionKind
 from nepi_prefect.util.timefuncs import stabsformat, tdiffsec, tnow
 
 from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.usefixtures("engine_types")
 
@@ -257,10 +258,7 @@ def test_set_with_conditions(ec):
     ec.deploy()
     ec.wait_started([app1, app2])
     assert ec.get(app2, "label") is None
-    deadline = time.monotonic() + 5
-    while ec.get(app2, "label") != "changed" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert ec.get(app2, "label") == "changed"
+    wait_until(lambda: ec.get(app2, "label") == "changed", 10, "the conditional set")
     assert tdiffsec(tnow(), ec.get_resource(app1).start_time) >= 1.0
 
 
@@ -383,11 +381,9 @@ def test_critical_failure_fails_the_experiment_and_releases_everything():
         assert time.monotonic() - started < 5
         assert ec.ecstate == ECState.FAILED
         assert f"TestBroken {broken}" in ec.failure
-        assert ec.wait_released(ec.resources, timeout=5) is True
-        deadline = time.monotonic() + 5
-        while any(ec.get_resource(g).state != S.RELEASED for g in ec.resources):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        assert ec.wait_released(ec.resources, timeout=5) is True  # returns: the EC FAILED
+        wait_until(lambda: all(ec.state(g) == S.RELEASED for g in ec.resources), 10,
+                   "every RM RELEASED after the abort")
         assert ec.get_resource(broken).failed_time is not None
         assert ec.get_resource(broken).failure == "RuntimeError: deploy exploded on purpose"
         runs = ec.recorder.by_name(f"deploy-TestBroken-{broken}")
