@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 
@@ -557,6 +558,17 @@ def test_a_secret_an_rm_obtains_is_masked_once_registered(ec, caplog):
     assert any("key is ********" in m for _, _, m in ec.recorder.logs)
     assert "s3cr3t-from-a-vault" not in caplog.text
     assert ec.redact("x s3cr3t-from-a-vault y") == "x ******** y"
+
+
+def test_summary_json_is_the_summary_one_line_per_resource(tmp_path):
+    ec = ExperimentController(exp_id="sumjson", local_dir=str(tmp_path), recorder=Recorder())
+    guids = [add(ec, "TestTrivial") for _ in range(3)]
+    ec.deploy()
+    ec.wait_finished(guids)
+    ec.shutdown()
+    text = (tmp_path / "sumjson" / ec.run_id / "summary.json").read_text()
+    assert json.loads(text) == json.loads(json.dumps(ec.summary(), default=str))
+    assert sum('"rtype": "TestTrivial"' in line for line in text.splitlines()) == 3
 
 
 # -- NEPI's vocabulary ---------------------------------------------------------------------------

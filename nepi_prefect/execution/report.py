@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, TextIO
 
 from nepi_prefect.execution.resource import ResourceManager
 from nepi_prefect.execution.states import STATE_TIME_ATTR, ResourceState, ResourceState2str
@@ -52,19 +52,21 @@ def write_summary(run_dir: str, data: dict[str, Any], logger: logging.Logger) ->
     try:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "summary.json"), "w") as out:
-            out.write(summary_json(data))
+            write_json(out, data)
     except OSError as exc:
         logger.warning("could not write the run summary in %s: %s", run_dir, exc)
 
 
-def summary_json(data: dict[str, Any]) -> str:
-    """``data`` as JSON, one line per resource.
+def write_json(out: TextIO, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON, one line per resource, a line at a time.
 
-    Indented JSON is written by the json module's pure-Python encoder, which
-    takes most of a 1000-RM shutdown; each resource as one compact line keeps
-    the file readable and uses the C encoder.
+    Indented JSON goes through the json module's pure-Python encoder, which
+    took most of a 1000-RM shutdown; a compact line per resource keeps the file
+    readable and uses the C encoder.
     """
     head = json.dumps({k: v for k, v in data.items() if k != "resources"}, indent=2, default=str)
-    rows = ",\n    ".join(json.dumps(r, default=str) for r in data.get("resources", ()))
-    resources = f"[\n    {rows}\n  ]" if rows else "[]"
-    return (head[:-2] + ",\n" if len(head) > 2 else "{\n") + f'  "resources": {resources}\n}}\n'
+    out.write(head[:-2] + ",\n" if len(head) > 2 else "{\n")
+    out.write('  "resources": [')
+    for i, row in enumerate(data.get("resources", ())):
+        out.write(("," if i else "") + "\n    " + json.dumps(row, default=str))
+    out.write("\n  ]\n}\n" if data.get("resources") else "]\n}\n")
