@@ -23,7 +23,7 @@ from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceType
 from nepi_prefect.execution.resource import ResourceFactory
 from nepi_prefect.commands import cleanup as cleanup_command
 from nepi_prefect.orchestration import logins  # noqa: F401  (saved SSH logins are Prefect blocks)
-from nepi_prefect.results.tables import load_summaries, uniform_rows
+from nepi_prefect.results.tables import load_summaries
 
 out = Console()
 err = Console(stderr=True)
@@ -147,7 +147,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- validate, types, describe -------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
-    from nepi_prefect.spec.io import apply_overrides, read_description
+    from nepi_prefect.spec.io import (apply_overrides, parse_document, read_description,
+                                      read_sweep, sweep_points)
+    path = _existing_file(args.description)
+    data = parse_document(Path(path).read_text(), path)
+    if isinstance(data, dict) and "experiment" in data:  # a sweep file
+        sweep, desc = read_sweep(path)
+        desc = apply_overrides(desc, args.set, source=path)
+        out.print(f"[green]valid sweep[/green]: {args.description}: {len(sweep_points(sweep))} points "
+                  f"x {sweep.repeat} runs over {', '.join(sweep.grid) or 'explicit points'}")
+        return EXIT_OK
     desc = apply_overrides(read_description(_existing_file(args.description)), args.set,
                            source=args.description)
     out.print(f"[green]valid[/green]: {args.description}: {len(desc.resources)} resources, "
@@ -205,52 +214,25 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 # -- sweep ------------------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from nepi_prefect.spec.io import parse_document, read_description, read_sweep
+    from nepi_prefect.commands.sweep import load_sweep, run_sweep, stop_rule
 
     path = _existing_file(args.description)
-    grid = dict(parse_param(p) for p in args.param)
-    data = parse_document(Path(path).read_text(), path)
-    if isinstance(data, dict) and "experiment" in data:  # a sweep file
-        sweep, desc = read_sweep(path)
-        grid = {**sweep.grid, **grid}
-        points, repeat, conc = sweep.points, sweep.repeat, sweep.max_concurrency
-    else:
-        desc, points, repeat, conc = read_description(path), [], 1, 4
+    desc, grid, points, repeat, conc = load_sweep(path, dict(parse_param(p) for p in args.param))
     if not grid and not points:
         raise UsageError("nothing to sweep: give --param NAME.ATTR=V1,V2,... or a sweep file")
-    repeat = args.repeat or repeat
-    conc = args.max_concurrency or conc
-    # Prefect is imported only now: it sets up its logging on import.
-    from nepi_prefect.flows.sweep import sweep_flow
-    result = sweep_flow(description=desc, grid=grid, points=points, repeat=repeat,
-                        max_concurrency=conc, results_dir=results_root(args.results),
-                        timeout=args.timeout)
-    out.print(rows_table(result["rows"], title=f"sweep: {len(result['rows'])} runs"))
-    out.print(f"csv: {result['csv']}")
-    failed = [r for r in result["rows"] if r["state"] != "COMPLETED"]
-    if failed:
-        err.print(f"[red]{len(failed)} of {len(result['rows'])} runs FAILED[/red]")
-        return EXIT_FAILED
-    return EXIT_OK
+    try:
+        rule = stop_rule(args)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+    if args.work_pool and args.deployment:
+        raise UsageError("give --work-pool or --deployment, not both")
+    return run_sweep(args, desc, grid, points, args.repeat or repeat,
+                     args.max_concurrency or conc, rule, out, err)
 
 
-def rows_table(rows: list[dict[str, Any]], title: str = "") -> Table:
-    """A table of homogeneous dicts."""
-    table = Table(title=title, title_justify="left")
-    rows = uniform_rows(rows)
-    for col in rows[0] if rows else ():
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[_cell(v) for v in row.values()])
-    return table
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+def cmd_campaigns(args: argparse.Namespace) -> int:
+    from nepi_prefect.commands.sweep import cmd_campaigns as campaigns
+    return campaigns(args, out)
 
 
 # -- results --------------------------------------------------------------------------------------------
@@ -303,12 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", help='fail the experiment after this long, e.g. "5m"')
     p.add_argument("--results", metavar="DIR", help="results directory")
 
-    common(add("validate", cmd_validate, "check a description without running it"))
     add("types", cmd_types, "list the resource types")
     p = add("describe", cmd_describe, "show a resource type's attributes and traces")
     p.add_argument("rtype", metavar="RTYPE")
 
-    p = add("sweep", cmd_sweep, "run an experiment over a grid of parameters (Prefect child flow runs)")
+    common(add("validate", cmd_validate, "check a description or a sweep file without running it"))
+    p = add("sweep", cmd_sweep, "run an experiment over a grid of parameters as a campaign "
+                                "(resumes; child flow runs, or runs on a work pool)")
     common(p, overrides=False)
     p.add_argument("--param", action="append", default=[], metavar="NAME.ATTR=V1,V2,...",
                    help="values of one parameter (repeatable; the grid is their product)")
@@ -316,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrency", type=_positive, metavar="K",
                    help="experiments at once (default 4)")
     p.add_argument("--timeout", help="per-run timeout")
+    p.add_argument("--results", metavar="DIR", help="results directory")
+    from nepi_prefect.commands.sweep import add_sweep_options
+    add_sweep_options(p, _positive)
+
+    p = add("campaigns", cmd_campaigns, "list campaigns and their progress (done, failed, to do)")
     p.add_argument("--results", metavar="DIR", help="results directory")
 
     p = add("results", cmd_results, "list recorded runs and where their traces are")

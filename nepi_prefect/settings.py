@@ -8,6 +8,7 @@ project: every layer may use it.
 from __future__ import annotations
 
 import os
+import socket
 
 #: where collected traces, ``summary.json`` and campaign tables go
 RESULTS_ENV = "NEPI_PREFECT_RESULTS"
@@ -72,3 +73,30 @@ DEFAULT_NETNS_STATE = "/run/nepi-prefect/netns"
 def netns_state_dir() -> str:
     """The netns state directory: ``$NEPI_PREFECT_NETNS_STATE``, else /run/nepi-prefect/netns."""
     return os.environ.get(NETNS_STATE_ENV, "").strip() or DEFAULT_NETNS_STATE
+
+
+#: seconds without a heartbeat after which a campaign point in progress counts as lost
+CAMPAIGN_LEASE_ENV = "NEPI_PREFECT_CAMPAIGN_LEASE"
+DEFAULT_CAMPAIGN_LEASE = 30.0
+
+#: how a worker names itself in a campaign table's ``worker`` column (default: the host name)
+WORKER_LABEL_ENV = "NEPI_PREFECT_WORKER_LABEL"
+
+
+def campaign_lease(override: float | None = None) -> float:
+    """Seconds before a silent point in progress is reclaimed: ``override``, else the variable, else 30."""
+    if override is not None:
+        return float(override)
+    text = os.environ.get(CAMPAIGN_LEASE_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_CAMPAIGN_LEASE
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ValueError(f"{CAMPAIGN_LEASE_ENV}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def worker_label() -> str:
+    """What a campaign row records as the worker that ran it."""
+    return os.environ.get(WORKER_LABEL_ENV, "").strip() or socket.gethostname()

@@ -157,11 +157,38 @@ def test_sweep_file_from_the_cli(prefect_server, tmp_path):
     proc = _run_cli(["sweep", "examples/ping_sweep.yaml", "--repeat", "1",
                      "--results", str(tmp_path)], prefect_server.env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "sweep: 4 runs" in proc.stdout
-    (csv_path,) = (tmp_path / "ping" / "sweeps").glob("sweep-*.csv")
+    assert ": 4 runs" in proc.stdout
+    # the parameter headers are whole, not cut to "ping.inter…"
+    assert "ping.interval" in proc.stdout and "ping.packetSize" in proc.stdout
+    (csv_path,) = (tmp_path / "campaigns").glob("ping-*/runs.csv")
     lines = csv_path.read_text().splitlines()
-    assert len(lines) == 5 and "ping.rtt_avg_ms" in lines[0]
+    assert len(lines) == 5 and "ping.rtt_avg_ms" in lines[0] and lines[0].startswith("campaign,point,rep")
     assert len(list((tmp_path / "ping").glob("*/summary.json"))) == 4
+    listed = _run_cli(["campaigns", "--results", str(tmp_path)], prefect_server.env)
+    assert listed.returncode == 0 and csv_path.parent.name in listed.stdout
+    again = _run_cli(["sweep", "examples/ping_sweep.yaml", "--repeat", "1",
+                      "--results", str(tmp_path)], prefect_server.env)
+    assert again.returncode == 0, again.stderr
+    assert len(list((tmp_path / "ping").glob("*/summary.json"))) == 4  # resumed: nothing redone
+
+
+def test_validate_a_sweep_file(capsys, tmp_path):
+    assert main(["validate", str(ROOT / "examples/ping_sweep.yaml")]) == 0
+    assert "valid sweep" in capsys.readouterr().out
+    bad = tmp_path / "bad_sweep.yaml"
+    bad.write_text(f"experiment: {ROOT / 'examples/ping.yaml'}\n"
+                   "grid: {ping.count: [2, many], ping.colour: [red], pong.count: [1]}\n")
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    for part in ("ping.count", "'many'", "ping.colour", "pong"):
+        assert part in err, part
+
+
+def test_sweep_stop_rule_options_are_checked(capsys):
+    assert main(["sweep", str(ROOT / "examples/ping_sweep.yaml"), "--ci-pct", "5"]) == 2
+    assert "need --stop-metric" in capsys.readouterr().err
+    assert main(["sweep", str(ROOT / "examples/ping_sweep.yaml"), "--stop-metric", "rtt"]) == 2
+    assert "expected <resource>.<metric>" in capsys.readouterr().err
 
 
 def test_sweep_needs_parameters(capsys):

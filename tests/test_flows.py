@@ -72,14 +72,18 @@ def test_sweep_runs_each_point_as_a_child_flow_run(prefect_server, tmp_path):
     parent = state.state_details.flow_run_id
     children = asyncio.run(_flow_runs(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
     assert len(children) == 4 and all(c.state.is_completed() for c in children)
-    rows = asyncio.run(_artifact_rows("nepi-sweep-sweep-test"))
-    assert len(rows) == 4 and all(r["state"] == "COMPLETED" for r in rows)
+    rows = result["rows"]
+    assert len(rows) == 4 and all(r["state"] == "done" for r in rows)
     a, b = grid
-    assert sorted((str(r[a]), str(r[b])) for r in rows) == \
-        sorted((str(x), str(y)) for x in grid[a] for y in grid[b])
+    assert sorted((r[a], r[b]) for r in rows) == sorted((x, y) for x in grid[a] for y in grid[b])
     assert all(isinstance(r[metric], float) for r in rows)
     with open(result["csv"]) as fh:
         assert len(list(csv.DictReader(fh))) == 4
+    # the table artifact: one row per point, mean, CI and n of each metric
+    points = asyncio.run(_artifact_rows("nepi-sweep-sweep-test"))
+    assert len(points) == 4 and all(p[f"{metric}.n"] == 1 for p in points)
+    assert all(isinstance(p[f"{metric}.mean"], float) for p in points)
+    assert asyncio.run(_artifact_rows("nepi-sweep-sweep-test-progress")) == 100.0
 
 
 @pytest.mark.prefect

@@ -1,22 +1,19 @@
-"""The sweep flow: the experiment at every point of a grid, as child flow runs."""
+"""The sweep flow: the experiment at every point of a grid, as a campaign that resumes."""
 
 from __future__ import annotations
 
-import contextvars
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
 
-from nepi_prefect import settings
 from nepi_prefect.flows._common import resolve_description
-from nepi_prefect.flows.experiment import experiment_flow
-from nepi_prefect.results.tables import artifact_key, flat_metrics, uniform_rows, write_csv
+from nepi_prefect.flows.campaign import Plan, default_name
+from nepi_prefect.flows.campaign_run import Options, run_campaign
+from nepi_prefect.flows.experiment import experiment_flow, run_point
+from nepi_prefect.results.stoprule import StopRule
+from nepi_prefect.results.tables import artifact_key
 from nepi_prefect.spec.io import apply_overrides, sweep_points
 from nepi_prefect.spec.models import ExperimentDescription, SweepSpec
-from nepi_prefect.util.timefuncs import tsformat
 
 
 @flow(name="nepi-sweep", log_prints=True)
@@ -26,48 +23,30 @@ def sweep_flow(description: ExperimentDescription | None = None,
                points: list[dict[str, Any]] | None = None,
                repeat: int = 1, max_concurrency: int = 4,
                timeout: str | None = None,
-               results_dir: str | None = None) -> dict[str, Any]:
-    """Run the experiment at every point (grid product, then ``points``), ``repeat``
-    times each, as child flow runs, at most ``max_concurrency`` at once.
+               results_dir: str | None = None,
+               campaign: str | None = None,
+               redo: Literal["failed", "all"] | None = None,
+               work_pool: str | None = None,
+               deployment: str | None = None,
+               stop_rule: StopRule | None = None) -> Any:
+    """Run the experiment at every point (grid product, then ``points``), ``repeat`` times
+    each (or until ``stop_rule`` holds), at most ``max_concurrency`` at once, as a campaign.
 
-    Gathers every run's metrics into one table artifact and one CSV file;
-    returns ``{"rows": [...], "csv": path}``.
+    The campaign (default name: the experiment's name and a hash of it and its points)
+    resumes: only runs not done are run; ``redo`` reruns the failed ones or all. Each run
+    is a child flow run here, or, with ``work_pool`` (or ``deployment``), a flow run of
+    the experiment deployment that any worker of the pool takes. Returns ``{"campaign",
+    "rows", "points", "csv", "parquet", ...}``; stopped by SIGINT/SIGTERM the flow run
+    ends Cancelled, with the table of what finished written.
     """
     desc = resolve_description(description, description_file)
     spec = SweepSpec(experiment=desc, grid=grid or {}, points=points or [], repeat=repeat,
                      max_concurrency=max_concurrency)
-    todo = [(i, r, p) for i, p in enumerate(sweep_points(spec)) for r in range(spec.repeat)]
-    for i, point in enumerate(sweep_points(spec)):
+    todo = sweep_points(spec)
+    for i, point in enumerate(todo):
         apply_overrides(desc, point, what=f"points[{i}]")  # fail fast, before any run
-    results = settings.results_root(results_dir)
-
-    def one(index: int, rep: int, point: dict[str, Any]) -> dict[str, Any]:
-        name = f"{desc.name or 'experiment'}-p{index}-r{rep}"
-        state = experiment_flow.with_options(flow_run_name=name)(
-            description=desc, overrides=point, timeout=timeout, results_dir=results,
-            return_state=True)
-        return _sweep_row(index, rep, point, state)
-
-    with ThreadPoolExecutor(max_workers=spec.max_concurrency, thread_name_prefix="nepi-sweep") as pool:
-        # Each child flow must see this flow run as its parent: copy the context.
-        futures = [pool.submit(contextvars.copy_context().run, one, i, r, p) for i, r, p in todo]
-        rows = [f.result() for f in futures]
-    rows = uniform_rows(rows)
-    csv_path = write_csv(rows, os.path.join(results, desc.name or "experiment", "sweeps",
-                                            f"sweep-{tsformat()}.csv"))
-    create_table_artifact(table=rows, key=artifact_key(desc.name, "sweep"),
-                          description=f"{len(rows)} runs of {desc.name}; CSV: {csv_path}")
-    return {"rows": rows, "csv": csv_path}
-
-
-def _sweep_row(index: int, rep: int, point: dict[str, Any], state: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"point": index, "repetition": rep, **point,
-                           "state": "COMPLETED" if state.is_completed() else "FAILED",
-                           "flow_run_id": str(state.state_details.flow_run_id)}
-    summary = state.result(raise_on_failure=False) if state.is_completed() else None
-    if isinstance(summary, dict):
-        row["run_dir"] = summary.get("run_dir")
-        row.update(flat_metrics(summary))
-    else:
-        row["error"] = state.message
-    return row
+    plan = Plan(name=campaign or default_name(desc, todo), desc=desc, points=todo,
+                repeat=spec.repeat, stop_rule=stop_rule)
+    return run_campaign(experiment_flow, run_point, plan, Options(
+        results_dir=results_dir, concurrency=spec.max_concurrency, timeout=timeout, redo=redo,
+        work_pool=work_pool, deployment=deployment, artifact_key=artifact_key(desc.name, "sweep")))

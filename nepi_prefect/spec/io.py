@@ -132,9 +132,26 @@ def read_sweep(path: str | os.PathLike) -> tuple[SweepSpec, ExperimentDescriptio
     else:
         validate_description(sweep.experiment, source)
         desc = sweep.experiment
-    for i, point in enumerate(sweep_points(sweep)):
-        apply_overrides(desc, point, source=source, what=f"points[{i}]")
+    check_sweep(sweep, desc, source)
     return sweep, desc
+
+
+def check_sweep(sweep: SweepSpec, desc: ExperimentDescription, source: str | None = None) -> None:
+    """Every swept ``NAME.ATTR`` exists and every value is valid for it: each grid value
+    and each explicit point checked on its own, every problem reported at once."""
+    issues: list[Issue] = []
+    trials = [(f"grid.{key}[{j}]", {key: value}) for key, values in sweep.grid.items()
+              for j, value in enumerate(values)]
+    trials += [(f"points[{i}]", point) for i, point in enumerate(sweep.points)]
+    for what, point in trials:
+        try:
+            apply_overrides(desc, point, source=source, what=what)
+        except DescriptionError as exc:
+            issues.extend(exc.issues)
+        except InvalidInputError as exc:
+            issues.append(Issue(what, str(exc), "NAME.ATTR keys, e.g. ping.count"))
+    if issues:
+        raise DescriptionError(source, issues)
 
 
 def sweep_points(sweep: SweepSpec) -> list[dict[str, Any]]:

@@ -1,0 +1,86 @@
+"""A campaign on a work pool: two process workers on loopback against one Prefect server
+both run points; killing one mid-campaign leaves its points to be run again, not lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nepi_prefect.results.campaign import campaign_frame
+from nepi_prefect.results.store import CampaignStore
+from nepi_prefect.spec.models import ExperimentDescription
+from tests.helpers import wait_until
+from tests.fixtures.prefect_workers import cmdline, create_pool, kill_marked, marked, start_worker, stop_worker
+
+LEASE = "15"
+
+pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
+
+
+def _rows(tmp_path: Path, name: str) -> list[dict]:
+    try:
+        store = CampaignStore.open(name, str(tmp_path), create=False)
+    except FileNotFoundError:
+        return []
+    try:
+        return store.runs()
+    finally:
+        store.close()
+
+
+def test_two_workers_share_a_campaign_and_a_killed_one_loses_nothing(prefect_server, tmp_path,
+                                                                      monkeypatch):
+    from nepi_prefect.flows.sweep import sweep_flow
+
+    monkeypatch.setenv("NEPI_PREFECT_CAMPAIGN_LEASE", LEASE)
+    run_tag = uuid.uuid4().hex[:8]
+    pool, name = f"nepi-camp-{run_tag}", f"pool-{run_tag}"
+    markers = {label: f"nepi-i12-{run_tag}-{label}" for label in ("A", "B")}
+    create_pool(prefect_server.env, pool)
+    workers = {label: start_worker(prefect_server.env, pool, label, m,
+                                   tmp_path / f"worker-{label}.log", lease=LEASE, limit=2)
+               for label, m in markers.items()}
+    desc = ExperimentDescription.model_validate({"name": "pooled", "resources": [
+        {"name": "node", "rtype": "LinuxNode", "attributes": {"hostname": "localhost"}},
+        {"name": "app", "rtype": "LinuxApplication", "attributes": {"command": "true"}}],
+        "connections": [["node", "app"]]})
+    grid = {"app.command": [f"sleep 3; echo {i}" for i in range(8)]}
+    result: dict = {}
+
+    def sweep() -> None:
+        result["state"] = sweep_flow(description=desc, grid=grid, max_concurrency=4,
+                                     results_dir=str(tmp_path), campaign=name, work_pool=pool,
+                                     return_state=True)
+
+    thread = threading.Thread(target=sweep, name="pooled-sweep")
+    try:
+        thread.start()
+        # Kill worker A once it finished a point and runs another.
+        wait_until(lambda: any(r["worker"] == "A" and r["state"] == "done"
+                              for r in _rows(tmp_path, name)), 600, "a point done by worker A")
+        wait_until(lambda: any("prefect.engine" in cmdline(p) or "flow_run" in cmdline(p)
+                              for p in marked(markers["A"]) if p != workers["A"].pid),
+                  120, "worker A running a flow run")
+        os.killpg(workers["A"].pid, signal.SIGKILL)
+        kill_marked(markers["A"])
+        workers["A"].wait(timeout=30)
+        thread.join(timeout=400)
+        assert not thread.is_alive(), "the sweep did not end"
+        state = result["state"]
+        assert state.is_completed(), state.message
+        frame = campaign_frame(name, str(tmp_path))
+        assert len(frame) == 8 and (frame["state"] == "done").all(), \
+            frame[["state", "attempt", "worker", "error"]].to_string()
+        assert set(frame["worker"]) == {"A", "B"}
+        assert (frame["attempt"] >= 2).any()  # what A was running was dispatched again
+        assert frame["flow_run_id"].notna().all()
+    finally:
+        for label, proc in workers.items():
+            stop_worker(proc, markers[label])
+        thread.join(timeout=60)
+    wait_until(lambda: not any(marked(m) for m in markers.values()), 30, "no worker process left")
