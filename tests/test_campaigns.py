@@ -26,7 +26,8 @@ APP = {"name": "camp", "resources": [
     {"name": "app", "rtype": "LinuxApplication", "attributes": {"command": "true"}}],
     "connections": [["node", "app"]]}
 
-pytestmark = pytest.mark.prefect
+# Each campaign runs several experiments that wait for their record: generous on a loaded host.
+pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
 
 
 def _desc(name: str = "camp") -> ExperimentDescription:

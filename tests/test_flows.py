@@ -59,6 +59,7 @@ def _sweep_case(tmp_path: Path):
 
 
 @pytest.mark.prefect
+@pytest.mark.timeout(900)  # a campaign of 4 runs, each waiting for its record, on a loaded host
 def test_sweep_runs_each_point_as_a_child_flow_run(prefect_server, tmp_path):
     from prefect.client.schemas.filters import FlowRunFilterParentFlowRunId
 
