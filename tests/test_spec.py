@@ -234,7 +234,7 @@ def test_sweep_file_grid_and_points(tmp_path):
         {"h.count": 1, "h.mode": "a"}, {"h.count": 1, "h.mode": "b"},
         {"h.count": 2, "h.mode": "a"}, {"h.count": 2, "h.mode": "b"}, {"h.count": 50}]
     bad = _write(tmp_path, "experiment: exp.yaml\ngrid: {h.count: [1, 500]}\n", "bad.yaml")
-    with pytest.raises(DescriptionError, match=r"points\[1\] h\.count: got 500"):
+    with pytest.raises(DescriptionError, match=r"grid\.h\.count\[1\] h\.count: got 500"):
         read_sweep(bad)
 
 
