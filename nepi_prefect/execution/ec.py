@@ -20,6 +20,7 @@ from nepi_prefect.execution.attribute import Flags
 from nepi_prefect.execution.conditions import Condition, as_guids, checked_condition
 from nepi_prefect.execution.coordination import Coordinator
 from nepi_prefect.execution.dispatch import Dispatch
+from nepi_prefect.execution.environment import record_environment
 from nepi_prefect.execution.errors import ExperimentStateError, InvalidInputError, listing
 from nepi_prefect.execution.failures import ExperimentStatus, FailurePolicy
 from nepi_prefect.execution.ledger import RunLedger
@@ -374,6 +375,7 @@ class ExperimentController:
             self._waiters.notify()
             self._dispatch.stop()
             summary = self.summary()
+            summary["manifest"] = record_environment(self)
             report.write_summary(self.run_dir, summary, self._logger)
             self._recorder.close(self, summary)
             exitguard.forget(self)

@@ -242,6 +242,14 @@ class ResourceManager(ResourceType):
         """Figures this RM measured (empty unless a measurement RM filled them)."""
         return dict(self._metrics)
 
+    def facts(self) -> dict[str, Any]:
+        """Facts about the environment this RM ran in, for the run's manifest.
+
+        Empty by default. An RM type adds its own by overriding this (a node
+        returns its host's kernel, interfaces, sysctls and tool versions).
+        """
+        return {}
+
     # -- traces ----------------------------------------------------------------
     @property
     def enabled_traces(self) -> set[str]:

@@ -21,6 +21,7 @@ from typing import Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
+from nepi_prefect.resources.linux.facts import fact_requests, gather_facts
 from nepi_prefect.resources.linux.hostops import HostBatcher
 from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
@@ -100,6 +101,7 @@ class LinuxNode(ResourceManager):
         self._batcher: HostBatcher | None = None
         self._waiting: list[Callable[[], None]] = []
         self._host_failure: tuple[str, str] | None = None  # (kind, detail)
+        self._facts: dict = {}
 
     # -- where things live -----------------------------------------------------
     @property
@@ -259,6 +261,7 @@ class LinuxNode(ResourceManager):
         except TransportError as exc:
             self._host_failure = ("command failed", str(exc))
             raise
+        self._record_facts()
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
         self._wake_waiting()
@@ -275,6 +278,18 @@ class LinuxNode(ResourceManager):
     def do_fail(self) -> None:
         super().do_fail()
         self._wake_waiting()  # the apps waiting for READY learn it never comes
+
+    def facts(self) -> dict:
+        """The host's environment as found at deploy (see ``resources/linux/facts.py``)."""
+        return dict(self._facts)
+
+    def _record_facts(self) -> None:
+        """One command gathers the manifest facts; a failure is noted, never fatal."""
+        try:
+            self._facts = gather_facts(self._transport, *fact_requests(self.get_connected()))
+        except TransportError as exc:
+            self._facts = {"error": str(exc)}
+            self.warning(f"could not gather the host's facts: {exc}")
 
     def _remove_tree(self, path: str) -> str:
         """A command that removes ``path``; a user who is not root tries sudo next,
