@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the experiment (or validation) failed, 2 bad arguments.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,12 +17,13 @@ from rich.table import Table
 from rich.text import Text
 
 from nepi_prefect import settings
+from nepi_prefect.commands.results import finish_rerun, summary_table
+from nepi_prefect.commands.results import register as register_results
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
 from nepi_prefect.commands import cleanup as cleanup_command
 from nepi_prefect.orchestration import logins  # noqa: F401  (saved SSH logins are Prefect blocks)
-from nepi_prefect.results.tables import load_summaries
 
 out = Console()
 err = Console(stderr=True)
@@ -89,22 +89,6 @@ def _progress(ec: Any, elapsed: float, counts: dict[str, int]) -> Table:
     return table
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
-    """One row per resource: name, type, outcome, metrics, collected traces."""
-    table = Table(title=f"{summary['exp_id']} / {summary['run_id']}: {summary['state']}",
-                  title_justify="left")
-    for col in ("guid", "name", "rtype", "state", "metrics", "traces"):
-        table.add_column(col)
-    for res in summary["resources"]:
-        style = "red" if res["state"] == "FAILED" else None
-        metrics = ", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
-                            for k, v in (res.get("metrics") or {}).items())
-        traces = "\n".join(f"{k}: {v}" for k, v in (res.get("traces") or {}).items())
-        table.add_row(str(res["guid"]), res.get("name", ""), res["rtype"], res["state"],
-                      metrics, traces, style=style)
-    return table
-
-
 def print_hosts(summary: dict[str, Any]) -> None:
     """Per-host accounting: how many hosts did their part, and why the others failed."""
     hosts = summary.get("hosts") or []
@@ -118,13 +102,21 @@ def print_hosts(summary: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nepi_prefect.spec.io import apply_overrides, build_experiment, read_description
-    from nepi_prefect.spec.run import ended_well, run_experiment, state_counts
+    from nepi_prefect.spec.io import apply_overrides, read_description
 
     desc = apply_overrides(read_description(_existing_file(args.description)), args.set,
                            source=args.description)
-    ec = build_experiment(desc, source=args.description,
-                          recorder=make_recorder(args.recorder),
+    return run_description(desc, args.description, args)
+
+
+def run_description(desc: Any, source: str, args: argparse.Namespace,
+                    extra: dict[str, Any] | None = None) -> int:
+    """Run ``desc`` with live progress, print its summary; ``extra`` fields go into
+    the run's summary (``rerun`` links the new run to the old one)."""
+    from nepi_prefect.spec.io import build_experiment
+    from nepi_prefect.spec.run import ended_well, run_experiment, state_counts
+
+    ec = build_experiment(desc, source=source, recorder=make_recorder(args.recorder),
                           local_dir=results_root(args.results))
     live = Live(console=out, refresh_per_second=4, transient=not out.is_terminal)
     with live:
@@ -132,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if elapsed >= 0:
                 live.update(_progress(ec_, elapsed, state_counts(ec_)))
         summary = run_experiment(ec, timeout=args.timeout, on_tick=tick)
+    summary = finish_rerun(summary, extra or {})
     out.print(summary_table(summary))
     out.print(f"results: {summary['run_dir']}")
     print_hosts(summary)
@@ -235,31 +228,6 @@ def cmd_campaigns(args: argparse.Namespace) -> int:
     return campaigns(args, out)
 
 
-# -- results --------------------------------------------------------------------------------------------
-def cmd_results(args: argparse.Namespace) -> int:
-    root = results_root(args.results)
-    summaries = load_summaries(root, args.exp_id)
-    if not summaries:
-        what = f"experiment {args.exp_id!r}" if args.exp_id else "runs"
-        err.print(f"no {what} under {root}")
-        return EXIT_FAILED if args.exp_id else EXIT_OK
-    if args.json:
-        print(json.dumps(summaries, indent=2, default=str))
-        return EXIT_OK
-    table = Table(title=f"runs under {root}", title_justify="left")
-    for col in ("experiment", "run", "state", "resources", "failure", "results"):
-        table.add_column(col)
-    for s in summaries:
-        table.add_row(s.get("exp_id", ""), s.get("run_id", ""), s.get("state", ""),
-                      str(len(s.get("resources", []))), s.get("failure") or "", s["run_dir"],
-                      style="red" if s.get("state") == "FAILED" else None)
-    out.print(table)
-    if args.exp_id:
-        for s in summaries:
-            out.print(summary_table(s))
-    return EXIT_OK
-
-
 # -- parser ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nepi-prefect",
@@ -306,10 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("campaigns", cmd_campaigns, "list campaigns and their progress (done, failed, to do)")
     p.add_argument("--results", metavar="DIR", help="results directory")
 
-    p = add("results", cmd_results, "list recorded runs and where their traces are")
-    p.add_argument("exp_id", nargs="?", metavar="EXP_ID", help="show this experiment's runs in detail")
-    p.add_argument("--results", metavar="DIR", help="results directory")
-    p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    register_results(add, run_description)
 
     cleanup_command.add_parser(sub)
     return parser
