@@ -266,3 +266,33 @@ def test_plot_is_attached_to_prefect_as_a_markdown_artifact(ping_runs, prefect_s
             key=ArtifactFilterKey(any_=[key])))
     assert [str(a.id) for a in found] == [artifact_id]
     assert found[0].type == "markdown" and "data:image/png;base64," in found[0].data
+
+
+def test_listing_a_campaign_warns_about_differing_environments(ping_runs, tmp_path, capsys):
+    _, runs = ping_runs
+    copy = tmp_path / "results" / "ping"
+    for run in runs[:2]:
+        shutil.copytree(run, copy / run.name)
+    path = copy / runs[1].name / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for res in manifest["resources"].values():
+        if res["rtype"] == "LinuxNode":
+            res["facts"]["tools"]["ping"] = "ping from iputils 19990101"
+    path.write_text(json.dumps(manifest))
+    assert main(["results", "ping", "--results", str(tmp_path / "results")]) == 0
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "warning" in err and "node1.tools.ping differs between runs" in err
+    assert "19990101" in err and runs[1].name in err
+
+
+def test_a_sweep_default_plot_picks_varying_parameters_and_a_metric(ping_runs, tmp_path):
+    from nepi_prefect.results.plot import default_axes, default_plot
+    from nepi_prefect.results.query import frame_of
+
+    _, runs = ping_runs
+    frame = frame_of(runs)
+    assert default_axes(frame) == ("ping.count", "ping.rtt_avg_ms", "ping.interval")
+    path = default_plot(frame, tmp_path)
+    assert path.name == "ping.rtt_avg_ms-vs-ping.count-by-ping.interval.png"
+    assert matplotlib.image.imread(path).shape[:2] == (400, 640)
+    assert default_plot(frame_of(runs[:1]), tmp_path) is None   # one run: nothing varies

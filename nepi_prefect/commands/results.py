@@ -19,7 +19,14 @@ from rich.table import Table
 from nepi_prefect import settings
 from nepi_prefect.execution.errors import InvalidInputError
 from nepi_prefect.results.diff import diff_runs, render_diff
-from nepi_prefect.results.query import RunNotFound, annotate_run, find_run, named_summary, runs_frame
+from nepi_prefect.results.query import (
+    RunNotFound,
+    annotate_run,
+    environment_warnings,
+    find_run,
+    named_summary,
+    runs_frame,
+)
 
 EXIT_OK, EXIT_FAILED = 0, 1
 FORMATS = ("table", "json", "csv", "parquet")
@@ -118,10 +125,17 @@ def cmd_results(args: argparse.Namespace) -> int:
             err.print(f"{len(frame)} runs written to {written}")
         return EXIT_OK
     out.print(frame_table(frame, f"{len(frame)} runs under {root}"))
+    if args.exp_id or args.campaign:
+        _warn(err, environment_warnings(frame))
     if args.exp_id:
         for run_dir in frame["run_dir"]:
             out.print(summary_table(named_summary(run_dir)))
     return EXIT_OK
+
+
+def _warn(err: Console, warnings: list[str]) -> None:
+    for text in warnings:
+        err.print(f"[yellow]warning[/yellow]: {text}", highlight=False)
 
 
 # -- diff ---------------------------------------------------------------------------------------
@@ -182,6 +196,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except PlotError as exc:
         raise InvalidInputError(str(exc)) from None
     out.print(f"plot: {saved}")
+    _warn(err, environment_warnings(frame))
     key = "nepi-plot-" + "".join(c if c.isalnum() else "-" for c in args.campaign.lower())
     try:
         artifact = attach_plot(saved, f"{args.campaign}: {args.y} vs {args.x}", key[:100])
