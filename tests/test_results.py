@@ -296,3 +296,29 @@ def test_a_sweep_default_plot_picks_varying_parameters_and_a_metric(ping_runs, t
     assert path.name == "ping.rtt_avg_ms-vs-ping.count-by-ping.interval.png"
     assert matplotlib.image.imread(path).shape[:2] == (400, 640)
     assert default_plot(frame_of(runs[:1]), tmp_path) is None   # one run: nothing varies
+
+
+@pytest.mark.prefect
+def test_the_manifest_reaches_the_prefect_record(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from nepi_prefect.orchestration.recorder import PrefectRecorder
+
+    recorder = PrefectRecorder()
+    ec = ExperimentController(exp_id=f"manifest-prefect-{os.getpid()}", recorder=recorder,
+                              local_dir=str(tmp_path))
+    node = ec.register_resource("LinuxNode")
+    ec.set(node, "hostname", "localhost")
+    try:
+        ec.deploy()
+        assert ec.wait_deployed([node], timeout=60)
+    finally:
+        ec.shutdown()
+    assert recorder.outcome.confirmed, recorder.outcome
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[recorder.flow_run_id])))
+    assert "**Environment**" in artifact.description
+    assert f"kernel {platform.release()}" in artifact.description
+    assert f"Prefect {metadata.version('prefect')}" in artifact.description
