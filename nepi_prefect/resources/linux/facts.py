@@ -23,6 +23,7 @@ What the dict holds (keys missing when the host does not tell):
 from __future__ import annotations
 
 import re
+import threading
 import time
 import shlex
 from typing import Any, Iterable, Mapping
@@ -48,7 +49,8 @@ _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _BASE = r"""
 export LC_ALL=C
 t() { printf '%s\t%s\t%s\n' "$1" "$2" "$3"; }
-t sys kernel "$(uname -r)"; t sys machine "$(uname -m)"; t sys hostname "$(uname -n)"
+set -- $(uname -nrm)   # always in this order: node name, release, machine
+t sys hostname "$1"; t sys kernel "$2"; t sys machine "$3"
 if [ -r /etc/os-release ]; then . /etc/os-release 2>/dev/null; t sys distribution "${PRETTY_NAME:-$NAME $VERSION_ID}"; fi
 n=0; model=
 while IFS= read -r l; do case "$l" in processor*) n=$((n+1));; "model name"*) [ -z "$model" ] && model="${l#*: }";; esac; done < /proc/cpuinfo
@@ -56,8 +58,11 @@ t cpu count "$n"; t cpu model "$model"
 while read -r k v _; do [ "$k" = MemTotal: ] && t sys memory_kb "$v" && break; done < /proc/meminfo
 ip -d -o link show 2>/dev/null | while IFS= read -r l; do t link - "$l"; done
 ip -o addr show 2>/dev/null | while read -r _ dev fam addr _; do t addr "$dev" "$addr"; done
+# Only devices (NICs) have a speed and a driver. Reading "speed" spins on the kernel's
+# RTNL lock, which another user's namespace churn can hold for seconds: skip virtual links.
 for d in /sys/class/net/*; do
   i="${d##*/}"
+  [ -e "$d/device" ] || continue
   if read -r s 2>/dev/null < "$d/speed"; then t speed "$i" "$s"; fi
   if [ -e "$d/device/driver" ]; then drv=$(readlink "$d/device/driver"); t driver "$i" "${drv##*/}"; fi
 done
@@ -75,7 +80,7 @@ if [ -d /run/systemd/system ] && command -v timedatectl >/dev/null 2>&1 && s=$(t
 elif command -v chronyc >/dev/null 2>&1 && s=$(chronyc -n tracking 2>/dev/null); then
   case "$s" in *"Not synchronised"*) t clock synchronized no;; *) t clock synchronized yes;; esac; t clock source chronyc
 else t clock synchronized unknown; t clock source none; fi
-t clock epoch "$(date +%s.%N)"
+t clock epoch "${EPOCHREALTIME:-$(date +%s.%N)}"
 """
 
 
@@ -184,7 +189,7 @@ def fact_requests(rms: Iterable[Any]) -> tuple[list[str], dict[str, str]]:
 
 
 def gather_facts(transport: Any, tools: Iterable[str] = DEFAULT_TOOLS,
-                 extra: Mapping[str, str] | None = None, timeout: float = 30.0) -> dict[str, Any]:
+                 extra: Mapping[str, str] | None = None, timeout: float = 15.0) -> dict[str, Any]:
     """Run the facts script on a host in one command; the parsed facts, with the
     time it took and the host clock's offset from this machine's in seconds
     (the host reads its clock last, so the true offset lies between
@@ -199,3 +204,29 @@ def gather_facts(transport: Any, tools: Iterable[str] = DEFAULT_TOOLS,
         facts["clock"]["offset_bound_s"] = round(received - sent, 4)
     facts["collect_s"] = round(received - sent, 4)
     return facts
+
+
+class BackgroundFacts:
+    """Gathers a host's facts on a thread, so that the node's deploy does not wait
+    for them; :meth:`result` waits (bounded) for them. Errors become ``{"error": ...}``."""
+
+    def __init__(self, transport: Any, rms: Iterable[Any], warn: Any = None,
+                 timeout: float = 15.0):
+        self._transport, self._warn, self._timeout = transport, warn, timeout
+        self._requests = fact_requests(rms)
+        self._facts: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._gather, name="nepi-facts", daemon=True)
+        self._thread.start()
+
+    def _gather(self) -> None:
+        try:
+            self._facts = gather_facts(self._transport, *self._requests, timeout=self._timeout)
+        except Exception as exc:  # the facts are a record; the experiment goes on without them
+            self._facts = {"error": f"{type(exc).__name__}: {exc}"}
+            if self._warn is not None:
+                self._warn(f"could not gather the host's facts: {exc}")
+
+    def result(self) -> dict[str, Any]:
+        """The facts, once gathered (or the error; ``{}`` if still running after the timeout)."""
+        self._thread.join(self._timeout + 5)
+        return dict(self._facts)

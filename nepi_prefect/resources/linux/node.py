@@ -21,7 +21,7 @@ from typing import Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
-from nepi_prefect.resources.linux.facts import fact_requests, gather_facts
+from nepi_prefect.resources.linux.facts import BackgroundFacts
 from nepi_prefect.resources.linux.hostops import HostBatcher
 from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
@@ -101,7 +101,7 @@ class LinuxNode(ResourceManager):
         self._batcher: HostBatcher | None = None
         self._waiting: list[Callable[[], None]] = []
         self._host_failure: tuple[str, str] | None = None  # (kind, detail)
-        self._facts: dict = {}
+        self._facts: BackgroundFacts | None = None
 
     # -- where things live -----------------------------------------------------
     @property
@@ -261,7 +261,8 @@ class LinuxNode(ResourceManager):
         except TransportError as exc:
             self._host_failure = ("command failed", str(exc))
             raise
-        self._record_facts()
+        # The manifest's facts: one command over this session, off the deploy's path.
+        self._facts = BackgroundFacts(self._transport, self.get_connected(), self.warning)
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
         self._wake_waiting()
@@ -281,15 +282,7 @@ class LinuxNode(ResourceManager):
 
     def facts(self) -> dict:
         """The host's environment as found at deploy (see ``resources/linux/facts.py``)."""
-        return dict(self._facts)
-
-    def _record_facts(self) -> None:
-        """One command gathers the manifest facts; a failure is noted, never fatal."""
-        try:
-            self._facts = gather_facts(self._transport, *fact_requests(self.get_connected()))
-        except TransportError as exc:
-            self._facts = {"error": str(exc)}
-            self.warning(f"could not gather the host's facts: {exc}")
+        return self._facts.result() if self._facts is not None else {}
 
     def _remove_tree(self, path: str) -> str:
         """A command that removes ``path``; a user who is not root tries sudo next,
@@ -333,6 +326,8 @@ class LinuxNode(ResourceManager):
                 self._monitor.stop()
             if self._batcher is not None:
                 self._batcher.close()
+            if self._facts is not None:
+                self._facts.result()  # before the transport closes under it
             if self._transport is not None and self._home is not None:
                 self._clean_up()
         except Exception as exc:
