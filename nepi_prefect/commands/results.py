@@ -112,13 +112,13 @@ def cmd_results(args: argparse.Namespace) -> int:
     fmt = "json" if args.json else args.format
     frame = _frame(args)
     root = settings.results_root(args.results)
-    if frame.empty and fmt == "table":
+    if frame.empty:
         what = f"experiment {args.exp_id!r}" if args.exp_id else "runs"
         err.print(f"no {what} matching under {root}")
-        return EXIT_FAILED if args.exp_id else EXIT_OK
-    if frame.empty and args.exp_id:
-        err.print(f"no experiment {args.exp_id!r} matching under {root}")
-        return EXIT_FAILED
+        if args.exp_id:
+            return EXIT_FAILED
+        if fmt == "table":
+            return EXIT_OK
     if fmt != "table":
         written = export(frame, fmt, args.out)
         if written:
