@@ -27,6 +27,7 @@ from nepi_prefect.results.query import (
     named_summary,
     runs_frame,
 )
+from nepi_prefect.results.tables import artifact_key
 
 EXIT_OK, EXIT_FAILED = 0, 1
 FORMATS = ("table", "json", "csv", "parquet")
@@ -197,14 +198,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise InvalidInputError(str(exc)) from None
     out.print(f"plot: {saved}")
     _warn(err, environment_warnings(frame))
-    key = "nepi-plot-" + "".join(c if c.isalnum() else "-" for c in args.campaign.lower())
+    key = artifact_key(args.campaign, "plot")
     try:
-        artifact = attach_plot(saved, f"{args.campaign}: {args.y} vs {args.x}", key[:100])
+        artifact = attach_plot(saved, f"{args.campaign}: {args.y} vs {args.x}", key)
     except Exception as exc:  # the plot is saved; the Prefect copy is a convenience
         err.print(f"[yellow]could not attach the plot to Prefect[/yellow]: {exc}")
     else:
         if artifact:
-            out.print(f"Prefect artifact: {key[:100]} ({artifact})")
+            out.print(f"Prefect artifact: {key} ({artifact})")
     return EXIT_OK
 
 
