@@ -99,6 +99,7 @@ def main(rounds: int) -> int:
                                  key_filename=server.identity, known_hosts=server.known_hosts))
     try:
         ssh.connect()
+        ssh.warm(1)  # as LinuxNode does; a bare run() without it hung here (see the note)
         ssh_times = facts_rounds(ssh, rounds)
         show("facts over SSH (one command, open session)", ssh_times)
         show("facts on localhost (no SSH)", facts_rounds(LocalTransport(), rounds))
