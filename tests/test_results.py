@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import nepi_prefect.spec.io  # noqa: F401  (lends the engine its description format: ec.save)
 from nepi_prefect.cli import main
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.environment import file_sha256

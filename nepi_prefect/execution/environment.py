@@ -22,6 +22,8 @@ import sys
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from nepi_prefect.execution.persistence import NoSerializerError
+
 if TYPE_CHECKING:
     from nepi_prefect.execution.ec import ExperimentController
 
@@ -110,6 +112,9 @@ def record_environment(ec: "ExperimentController") -> dict[str, Any]:
         os.makedirs(ec.run_dir, exist_ok=True)
         if description_path(ec.run_dir) is None:
             ec.save(os.path.join(ec.run_dir, DESCRIPTION_FILES[1]))
+    except NoSerializerError:
+        # Nothing lent the engine a description format (nepi_prefect.spec not imported).
+        log.info("run %s: no description saved (import nepi_prefect.spec to save it)", ec.run_id)
     except Exception as exc:  # the description is a convenience; the run stands without it
         log.warning("could not save the description of run %s: %s", ec.run_id, exc)
     manifest = build_manifest(ec)
