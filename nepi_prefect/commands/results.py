@@ -18,6 +18,7 @@ from rich.table import Table
 
 from nepi_prefect import settings
 from nepi_prefect.execution.errors import InvalidInputError
+from nepi_prefect.results.campaign import campaign_frame
 from nepi_prefect.results.diff import diff_runs, render_diff
 from nepi_prefect.results.query import (
     RunNotFound,
@@ -210,11 +211,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def campaign_runs(name: str, root: str | None) -> tuple[pd.DataFrame, Path]:
-    """The runs of campaign ``name`` and the directory its plots go in: runs whose
-    summary names the campaign, else the runs of the experiment ``name``."""
+    """The runs of campaign ``name`` and the directory its plots go in: the campaign's
+    table (``results.campaign.campaign_frame``), else the runs of the experiment ``name``."""
     base = Path(settings.results_root(root))
-    frame = runs_frame(root, campaign=name)
+    try:
+        frame = campaign_frame(name, root)
+    except (FileNotFoundError, ValueError):
+        frame = runs_frame(root, campaign=name)
     if not frame.empty:
+        frame.attrs.setdefault("parameters", frame.attrs.get("params", []))
         return frame, base / "campaigns" / name
     return runs_frame(root, experiment=name), base / name
 
