@@ -20,12 +20,10 @@ import platform
 import socket
 import sys
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from nepi_prefect.execution.experiment import Experiment
 from nepi_prefect.execution.persistence import NoSerializerError
-
-if TYPE_CHECKING:
-    from nepi_prefect.execution.ec import ExperimentController
 
 MANIFEST_FILE = "manifest.json"
 #: the run's description as ``spec.run.run_experiment`` saves it before deploy, and as
@@ -83,7 +81,7 @@ def description_path(run_dir: str) -> str | None:
     return None
 
 
-def build_manifest(ec: "ExperimentController") -> dict[str, Any]:
+def build_manifest(ec: Experiment) -> dict[str, Any]:
     """The manifest of ``ec``'s run: controller facts and each RM's facts, by guid."""
     resources = {}
     for guid in ec.resources:
@@ -102,7 +100,7 @@ def build_manifest(ec: "ExperimentController") -> dict[str, Any]:
             "controller": controller, "resources": resources}
 
 
-def record_environment(ec: "ExperimentController") -> dict[str, Any]:
+def record_environment(ec: Experiment) -> dict[str, Any]:
     """Save the run's description if nobody did, write ``manifest.json``; the manifest.
 
     A run driven through the Python API saves its description here, at

@@ -31,8 +31,14 @@ class Experiment(Protocol):
     @property
     def logger(self) -> logging.Logger: ...
 
+    @property
+    def resources(self) -> list[int]: ...
+
     def get_resource(self, guid: int) -> Any:
         """The RM of ``guid``."""
+
+    def save(self, path: str) -> str:
+        """Write the experiment's description to ``path``."""
 
     def schedule(self, date: Any, callback: Callable[[], Any], track: bool = False) -> int:
         """Run ``callback`` at ``date`` on the experiment's dispatcher."""
