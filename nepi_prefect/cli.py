@@ -1,6 +1,8 @@
 """The ``nepi-prefect`` command: run, validate, sweep and inspect experiments.
 
-Exit codes: 0 success, 1 the experiment (or validation) failed, 2 bad arguments.
+Exit codes: 0 success; 1 the experiment failed; 2 refused before it started (bad
+arguments, an invalid description or ``--set``); 3 the experiment succeeded but its
+Prefect record is not on the server yet (it waits in the journal).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from nepi_prefect import settings
+from nepi_prefect.commands import runlog
 from nepi_prefect.commands.results import finish_rerun, summary_table
 from nepi_prefect.commands.results import register as register_results
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
 from nepi_prefect.commands import cleanup as cleanup_command
+from nepi_prefect.commands import server as server_command
 from nepi_prefect.orchestration import logins  # noqa: F401  (saved SSH logins are Prefect blocks)
 
 out = Console()
@@ -36,7 +40,7 @@ def _consoles() -> None:
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNRECORDED = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -53,12 +57,16 @@ def make_recorder(kind: str | None, attach: str = "auto") -> Any:
     """The recorder named on the command line (None: the engine's configured default)."""
     if kind is None:
         from nepi_prefect.execution.recording import default_recorder
-        return default_recorder()
-    if kind == "none":
+        recorder = default_recorder()
+    elif kind == "none":
         from nepi_prefect.execution.recording import Recorder
-        return Recorder()
-    from nepi_prefect.orchestration.recorder import PrefectRecorder
-    return PrefectRecorder(attach=attach)
+        recorder = Recorder()
+    else:
+        from nepi_prefect.orchestration.recorder import PrefectRecorder
+        recorder = PrefectRecorder(attach=attach)
+    if hasattr(recorder, "notify"):   # say what the end of the run waits for
+        recorder.notify = lambda text: err.print(Text(text, style="yellow"))
+    return recorder
 
 
 def _existing_file(path: str) -> str:
@@ -116,17 +124,28 @@ def run_description(desc: Any, source: str, args: argparse.Namespace,
     from nepi_prefect.spec.io import build_experiment
     from nepi_prefect.spec.run import ended_well, run_experiment, state_counts
 
+    memory = runlog.log_to_memory()
     ec = build_experiment(desc, source=source, recorder=make_recorder(args.recorder),
                           local_dir=results_root(args.results))
+    log_file = os.path.join(ec.run_dir, "run.log")
+    runlog.log_to_file(memory, log_file)
     live = Live(console=out, refresh_per_second=4, transient=not out.is_terminal)
+    linked = []
     with live:
         def tick(ec_: Any, elapsed: float) -> None:
+            link = getattr(getattr(ec_.recorder, "outcome", None), "ui_link", None)
+            if link and not linked:
+                linked.append(link)
+                live.console.print(f"flow run: {link}", highlight=False)
             if elapsed >= 0:
                 live.update(_progress(ec_, elapsed, state_counts(ec_)))
         summary = run_experiment(ec, timeout=args.timeout, on_tick=tick)
     summary = finish_rerun(summary, extra or {})
+    link = getattr(getattr(ec.recorder, "outcome", None), "ui_link", None)
+    if link and not linked:   # the server came up only while the run was closing
+        out.print(f"flow run: {link}", highlight=False)
     out.print(summary_table(summary))
-    out.print(f"results: {summary['run_dir']}")
+    out.print(f"results: {summary['run_dir']} (log: {log_file})")
     print_hosts(summary)
     for res in summary["resources"]:
         if res.get("failure"):
@@ -135,6 +154,8 @@ def run_description(desc: Any, source: str, args: argparse.Namespace,
     if not ended_well(summary):
         err.print(f"[red]experiment FAILED[/red]: {summary.get('failure')}")
         return EXIT_FAILED
+    if not runlog.record_delivered(ec.recorder, err):
+        return EXIT_UNRECORDED
     return EXIT_OK
 
 
@@ -219,6 +240,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(str(exc).replace("\n", " ")) from None
     if args.work_pool and args.deployment:
         raise UsageError("give --work-pool or --deployment, not both")
+    # Prefect's flows record into the same API as the experiments: the local server
+    # unless PREFECT_API_URL is set (never a per-process ephemeral one).
+    from nepi_prefect.orchestration import local_server, server
+    if not settings.prefect_api_url() and local_server.running() is None:
+        err.print(f"starting the local Prefect server (log: {local_server.log_path()})")
+    server.use_api()
     return run_sweep(args, desc, grid, points, args.repeat or repeat,
                      args.max_concurrency or conc, rule, out, err)
 
@@ -275,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR", help="results directory")
 
     register_results(add, run_description)
+    server_command.register(sub)
 
     cleanup_command.add_parser(sub)
     return parser
@@ -303,13 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except DescriptionError as exc:
         err.print(Text(f"error: {exc}", style="red"))
-        return EXIT_FAILED
+        return EXIT_USAGE
     except InvalidInputError as exc:
         err.print(Text(f"error: {exc}", style="red"))
         return EXIT_USAGE
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    finally:
+        runlog.detach()
 
 
 if __name__ == "__main__":

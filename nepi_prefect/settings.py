@@ -22,9 +22,10 @@ DEFAULT_NTHREADS = 50
 RECORDER_ENV = "NEPI_PREFECT_RECORDER"
 DEFAULT_RECORDER = "prefect"
 
-#: seconds a recorder's close() may wait for the record to be handed over
+#: seconds a recorder's close() may wait for the server to accept the record once it is
+#: journaled (what is not accepted by then stays in the journal and is shipped later)
 RECORD_TIMEOUT_ENV = "NEPI_PREFECT_RECORD_TIMEOUT"
-DEFAULT_RECORD_TIMEOUT = 120.0
+DEFAULT_RECORD_TIMEOUT = 2.0
 
 
 def results_root(override: str | None = None) -> str:
@@ -55,7 +56,7 @@ def recorder_choice() -> str:
 
 
 def record_timeout(override: float | None = None) -> float:
-    """Seconds a recorder's close() may wait: ``override``, else the variable, else 120."""
+    """Seconds a recorder's close() may wait: ``override``, else the variable, else 2."""
     if override is not None:
         return float(override)
     text = os.environ.get(RECORD_TIMEOUT_ENV, "").strip()
@@ -100,3 +101,67 @@ def campaign_lease(override: float | None = None) -> float:
 def worker_label() -> str:
     """What a campaign row records as the worker that ran it."""
     return os.environ.get(WORKER_LABEL_ENV, "").strip() or socket.gethostname()
+
+
+# -- the Prefect record (nepi_prefect.orchestration) ----------------------------------------------
+#: Prefect's own: the API the record goes to; unset means nepi-prefect's local server
+PREFECT_API_URL_ENV = "PREFECT_API_URL"
+#: Prefect's own: its home directory (database, our server state and journal live there)
+PREFECT_HOME_ENV = "PREFECT_HOME"
+DEFAULT_PREFECT_HOME = "~/.prefect"
+
+#: the loopback port of the local Prefect server nepi-prefect starts
+SERVER_PORT_ENV = "NEPI_PREFECT_SERVER_PORT"
+DEFAULT_SERVER_PORT = 4200
+
+#: seconds to wait for the local server to answer after starting it (it never aborts
+#: an experiment: the record waits in the journal meanwhile)
+SERVER_START_TIMEOUT_ENV = "NEPI_PREFECT_SERVER_START_TIMEOUT"
+DEFAULT_SERVER_START_TIMEOUT = 300.0
+
+#: where records wait until the server has them (default: $PREFECT_HOME/nepi-journal)
+JOURNAL_ENV = "NEPI_PREFECT_JOURNAL"
+
+
+def prefect_api_url() -> str | None:
+    """``$PREFECT_API_URL``, or None: the record goes to the local server."""
+    return os.environ.get(PREFECT_API_URL_ENV, "").strip() or None
+
+
+def prefect_home() -> str:
+    """Prefect's home directory, as Prefect resolves it from ``$PREFECT_HOME``."""
+    return os.path.abspath(os.path.expanduser(
+        os.environ.get(PREFECT_HOME_ENV, "").strip() or DEFAULT_PREFECT_HOME))
+
+
+def server_port() -> int:
+    """The local server's port: ``$NEPI_PREFECT_SERVER_PORT``, else 4200."""
+    text = os.environ.get(SERVER_PORT_ENV, "").strip()
+    if not text:
+        return DEFAULT_SERVER_PORT
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{SERVER_PORT_ENV}={text!r}: expected a TCP port, 1..65535")
+    return int(text)
+
+
+def server_start_timeout() -> float:
+    """Seconds to wait for a starting local server to answer."""
+    return _seconds(SERVER_START_TIMEOUT_ENV, DEFAULT_SERVER_START_TIMEOUT)
+
+
+def journal_dir() -> str:
+    """Where undelivered records are kept: ``$NEPI_PREFECT_JOURNAL`` or under PREFECT_HOME."""
+    text = os.environ.get(JOURNAL_ENV, "").strip()
+    return os.path.abspath(os.path.expanduser(text)) if text else \
+        os.path.join(prefect_home(), "nepi-journal")
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{name}={text!r}: expected a positive number of seconds")
+    return value

@@ -53,7 +53,7 @@ def test_validate(capsys, tmp_path):
     assert "valid" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("resources:\n  - {name: n, rtype: LinuxNode, attributes: {port: ssh}}\n")
-    assert main(["validate", str(bad)]) == 1
+    assert main(["validate", str(bad)]) == 2   # refused before anything ran
     err = capsys.readouterr().err
     assert "resources[0].attributes.port: got 'ssh'; expected an integer" in err.replace("\n", "")
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
@@ -148,8 +148,22 @@ def test_a_failing_experiment_exits_non_zero(prefect_server, tmp_path):
     assert "experiment FAILED" in proc.stderr
     assert "app (LinuxApplication 2) failed: LinuxApplication 2: command exited with code 3" \
         in proc.stderr
+    # the reason, not a traceback: that goes to the run's log
+    assert "Traceback" not in proc.stdout + proc.stderr
+    [log] = (tmp_path / "failing").glob("*/run.log")
+    assert "command exited with code 3" in log.read_text()
     summary = _summary(tmp_path, "failing")
     assert summary["state"] == "FAILED" and "LinuxApplication 2" in summary["failure"]
+
+
+def test_run_refuses_bad_input_with_exit_code_2(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resources:\n  - {name: n, rtype: LinuxNode, attributes: {port: ssh}}\n")
+    assert main(["run", str(bad), "--recorder", "none"]) == 2
+    assert "expected an integer" in capsys.readouterr().err
+    assert main(["run", str(ROOT / "examples/ping.yaml"), "--recorder", "none",
+                 "--set", "ping.nope=1"]) == 2
+    assert "no attribute 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.prefect

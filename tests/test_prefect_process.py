@@ -1,4 +1,6 @@
-"""Whole scripts in subprocesses: a plain NEPI-style script, Ctrl-C, the embedded default."""
+"""Whole scripts in subprocesses: a plain NEPI-style script, Ctrl-C.
+
+The embedded default (no PREFECT_API_URL) is in test_prefect_local_server.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.prefect
+from nepi_prefect.orchestration import replay
+
+# real servers and processes on a possibly saturated machine: minutes, not seconds
+pytestmark = [pytest.mark.prefect, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,72 +100,23 @@ def test_ctrl_c_without_shutdown_leaves_a_final_flow_run(prefect_server, client,
         if proc.poll() is None:
             proc.kill()
     assert "KeyboardInterrupt" in err
-    [flow_run] = _flow_runs(client, exp_id)
-    assert flow_run.state.is_cancelled(), flow_run.state
-    assert "interrupted" in flow_run.state.message
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-    assert {r.name.split("-")[0] for r in runs} >= {"deploy", "start", "release"}
-    assert all(r.state.is_final() for r in runs)
+    def settled():
+        replay.flush()   # in case the exit did not wait for the server (a busy machine)
+        found = _flow_runs(client, exp_id)
+        if not found or not found[0].state.is_final():
+            return None
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[found[0].id])))
+        kinds = {r.name.split("-")[0] for r in runs}
+        if kinds >= {"deploy", "start", "release"} and all(r.state.is_final() for r in runs):
+            return found[0]
+        return None
 
-
-def _descendants(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        child, parent = map(int, line.split())
-        children.setdefault(parent, []).append(child)
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _uvicorn_for(home: Path) -> list[int]:
-    """Processes of an ephemeral API server started with this PREFECT_HOME."""
-    pids = []
-    for proc_dir in Path("/proc").iterdir():
-        if not proc_dir.name.isdigit():
-            continue
-        try:
-            cmdline = (proc_dir / "cmdline").read_bytes()
-            environ = (proc_dir / "environ").read_bytes()
-        except OSError:
-            continue
-        if b"uvicorn" in cmdline and f"PREFECT_HOME={home}".encode() in environ:
-            pids.append(int(proc_dir.name))
-    return pids
-
-
-def test_embedded_default_records_quietly_and_leaves_no_server(tmp_path):
-    home = tmp_path / "prefect-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env = _env(env, tmp_path)
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    exp_id = "embedded-exp"
-    proc = subprocess.run([sys.executable, str(_write_script(tmp_path)), exp_id, "run"],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    output = proc.stdout + proc.stderr
-    for alarming in ("Traceback", "database is locked", "Error", "WARNING"):
-        assert alarming not in output, output
-    assert (home / "prefect.db").exists()
-    assert not _uvicorn_for(home), "the ephemeral API server outlived its process"
-
-    # The record is in the embedded database: read it through a fresh ephemeral server.
-    reader = textwrap.dedent(f"""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-        with get_client(sync_client=True) as c:
-            runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["{exp_id}"])))
-            print("STATES", [r.state.type.value for r in runs])
-            print("TASKS", len(c.read_task_runs(flow_run_filter=FlowRunFilter(id=dict(any_=[runs[0].id])))))
-    """)
-    check = subprocess.run([sys.executable, "-c", reader], env=env, capture_output=True,
-                           text=True, timeout=120)
-    assert "STATES ['COMPLETED']" in check.stdout, check.stdout + check.stderr
-    tasks = int(check.stdout.split("TASKS")[1].split()[0])
-    assert tasks == 3 * 3 + 1   # deploy, start, release of 3 RMs, and the group barrier
+    deadline = time.monotonic() + 120   # the server ingests task runs asynchronously
+    while (flow_run := settled()) is None:
+        assert time.monotonic() < deadline, _flow_runs(client, exp_id)
+        time.sleep(0.5)
+    assert flow_run.state.is_cancelled(), flow_run.state
+    assert "interrupted" in flow_run.state.message

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from nepi_prefect.execution.attribute import Attribute, Flags
 from nepi_prefect.execution.ec import ExperimentController
@@ -18,6 +19,9 @@ from nepi_prefect.execution.resource import (
     clsinit_copy,
 )
 from nepi_prefect.orchestration.recorder import PrefectRecorder
+from tests.fixtures.prefect_api import wait_for_record
+
+pytestmark = pytest.mark.prefect
 
 pytestmark = pytest.mark.prefect
 
@@ -64,7 +68,8 @@ def run_experiment(build, tmp_path, exp_id=None, until=(ResourceState.STARTED, R
     ec.deploy()
     ec.wait(guids, states=until, timeout=30)
     ec.shutdown()
-    assert recorder.outcome.confirmed, recorder.outcome
+    with get_client(sync_client=True) as client:
+        wait_for_record(client, recorder)
     return ec, recorder, guids
 
 
@@ -168,6 +173,7 @@ def test_interactive_deploy_joins_the_flow_run(client, tmp_path):
     ec.deploy()
     ec.wait_started([b], timeout=30)
     ec.shutdown()
+    wait_for_record(client, recorder)
     runs = task_runs(client, recorder.flow_run_id)
     assert {"barrier-group-1", "barrier-group-2", f"start-PrefectTestSimple-{b}"} <= set(runs)
     assert runs[f"start-PrefectTestSimple-{a}"].id in upstream_ids(runs[f"start-PrefectTestSimple-{b}"])

@@ -67,20 +67,14 @@ def iso(moment: datetime | None) -> str | None:
 class TaskRunEvents:
     """Builds the state-change events of the task runs of one flow run."""
 
-    def __init__(self, flow_run_id: uuid.UUID, flow_id: uuid.UUID | None, tags: list[str]):
+    def __init__(self, tags: list[str]):
         self.tags = sorted(tags)
-        self.related = [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
-                         "prefect.resource.role": "flow-run"}]
-        if flow_id is not None:
-            self.related.append({"prefect.resource.id": f"prefect.flow.{flow_id}",
-                                 "prefect.resource.role": "flow"})
-        self.related += [{"prefect.resource.id": f"prefect.tag.{tag}",
-                          "prefect.resource.role": "tag"} for tag in self.tags]
         #: last (state type, state name, message, details, timestamp) per task run
         self._last: dict[uuid.UUID, tuple[str, str, str, dict[str, Any], datetime]] = {}
 
     def event(self, snap: Snapshot) -> dict[str, Any]:
-        """The ``prefect.task-run.<State>`` event for this change of ``snap``."""
+        """The ``prefect.task-run.<State>`` event for this change of ``snap``; its
+        ``related`` resources (the flow run) are added when it is shipped."""
         state_type, state_name = STATES[snap.state]
         when = self._timestamp(snap)
         details: dict[str, Any] = {}
@@ -103,7 +97,6 @@ class TaskRunEvents:
                 "prefect.state-type": state_type,
                 "prefect.orchestration": "client",
             },
-            "related": self.related,
             "payload": {
                 "intended": {"from": previous[0] if previous else None, "to": state_type},
                 "initial_state": _state_payload(*previous[:4]) if previous else None,
@@ -159,11 +152,52 @@ def _state_payload(state_type: str, name: str, message: str,
     return {"type": state_type, "name": name, "message": message, "state_details": details}
 
 
-def log_record(flow_run_id: uuid.UUID, task_run_id: uuid.UUID | None, logger: str,
+def related(flow_run_id: uuid.UUID, flow_id: uuid.UUID | None,
+            tags: list[str]) -> list[dict[str, str]]:
+    """The resources an event of this flow run's task runs relates to, as Prefect's
+    events worker would take them from the run context."""
+    found = [{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}",
+              "prefect.resource.role": "flow-run"}]
+    if flow_id is not None:
+        found.append({"prefect.resource.id": f"prefect.flow.{flow_id}",
+                      "prefect.resource.role": "flow"})
+    return found + [{"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"}
+                    for tag in sorted(tags)]
+
+
+def crashed(last: dict[str, Any], when: datetime, message: str) -> dict[str, Any] | None:
+    """The event that ends a task run left unfinished (its last event ``last``) as
+    Crashed; None if it had ended."""
+    resource = last["resource"]
+    if resource["prefect.state-type"] not in ("PENDING", "SCHEDULED", "RUNNING"):
+        return None
+    stamp = max(when, datetime.fromisoformat(resource["prefect.state-timestamp"]) + _TICK)
+    previous = last["payload"]["validated_state"]
+    task_run = {**last["payload"]["task_run"], "end_time": stamp.isoformat()}
+    return {
+        **last,
+        "id": str(uuid.uuid4()),
+        "occurred": stamp.isoformat(),
+        "event": "prefect.task-run.Crashed",
+        "resource": {**resource, "prefect.state-message": message,
+                     "prefect.state-name": "Crashed", "prefect.state-type": "CRASHED",
+                     "prefect.state-timestamp": stamp.isoformat()},
+        "payload": {
+            "intended": {"from": previous["type"], "to": "CRASHED"},
+            "initial_state": {k: v for k, v in previous.items() if k != "data"},
+            "validated_state": {**_state_payload("CRASHED", "Crashed", message, {}),
+                                "data": None},
+            "task_run": task_run,
+        },
+    }
+
+
+def log_record(task_run_id: uuid.UUID | None, logger: str,
                level: int, message: str, at: datetime) -> dict[str, Any]:
-    """A Prefect log record (``LogCreate``) as JSON."""
+    """A Prefect log record (``LogCreate``) as JSON, but its ``flow_run_id`` (added
+    when it is shipped)."""
     record = {"name": logger, "level": level, "message": message,
-              "timestamp": at.isoformat(), "flow_run_id": str(flow_run_id)}
+              "timestamp": at.isoformat()}
     if task_run_id is not None:
         record["task_run_id"] = str(task_run_id)
     return record

@@ -2,26 +2,33 @@
 
 ``PrefectRecorder`` is the engine's default :class:`Recorder`. Its methods are
 called from the EC and its dispatcher threads; they only snapshot what they are
-told and queue it. A background thread (:mod:`.pipeline`) does all the talking
-to the Prefect API. Only :meth:`PrefectRecorder.close` waits, until the record
-is confirmed on the server (or a bounded timeout ran out).
+told and queue it. Background threads (:mod:`.pipeline`) journal it durably and
+ship it to the Prefect API while the experiment runs. :meth:`PrefectRecorder.close`
+waits until the record is journaled, then at most ``timeout`` seconds for the
+server to accept the rest; what it has not accepted by then stays in the journal
+and is shipped by the next nepi-prefect process or ``nepi-prefect server flush``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import sys
+import time
+import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nepi_prefect import settings
 from nepi_prefect.execution.recording import ActionRun, Recorder
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
-from nepi_prefect.orchestration import server  # noqa: F401  (installs the exit hook early)
 from nepi_prefect.orchestration.artifacts import summary_artifact
+from nepi_prefect.orchestration.delivery import Delivery, Target
 from nepi_prefect.orchestration.events import Snapshot
-from nepi_prefect.orchestration.pipeline import Closing, Outcome, Shipper, Target
+from nepi_prefect.orchestration.journal import Journal
+from nepi_prefect.orchestration.pipeline import Outcome, Pipeline
 
 if TYPE_CHECKING:
     from nepi_prefect.execution.ec import ExperimentController
@@ -29,7 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nepi_prefect.orchestration")
 
 ATTACH_MODES = ("auto", "current", "subflow", "new")
-ABANDON_TIMEOUT = 30.0
+ABANDON_TIMEOUT = 10.0
+NOTIFY_AFTER = 1.0     # seconds of waiting in close() before saying what for
 
 
 class PrefectRecorder(Recorder):
@@ -39,46 +47,52 @@ class PrefectRecorder(Recorder):
         flow run), "current" (task runs go into the current flow run, which
         keeps control of its final state), "subflow" (require a current flow)
         or "new" (always a top-level flow run)
-    :param timeout: seconds :meth:`close` waits for the record to be confirmed
-        (default ``$NEPI_PREFECT_RECORD_TIMEOUT`` or 120)
+    :param timeout: seconds :meth:`close` waits for the server to accept the
+        record (default ``$NEPI_PREFECT_RECORD_TIMEOUT`` or 2)
+    :param notify: called with a sentence when :meth:`close` has waited a second
+        (default: an INFO log line)
     """
 
-    def __init__(self, attach: str = "auto", timeout: float | None = None):
+    def __init__(self, attach: str = "auto", timeout: float | None = None,
+                 notify: Callable[[str], None] | None = None):
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach must be one of {ATTACH_MODES}, got {attach!r}")
         self.attach = attach
         self.timeout = settings.record_timeout(timeout)
-        self._shipper: Shipper | None = None
+        self.notify = notify or (lambda text: log.info("%s", text))
+        self._pipeline: Pipeline | None = None
         self._abandoned: tuple[str, str] | None = None   # (final type, message)
         self._closed = False
         self._redact = _same
 
     # -- the Recorder interface ----------------------------------------------------------
     def open(self, ec: "ExperimentController") -> None:
-        # Imported here, in the main thread, because they register atexit hooks on import:
-        # if the background thread imported it during interpreter exit (a Ctrl-C while
-        # Prefect is still loading), the import would fail and the record with it.
-        import concurrent.futures.process  # noqa: F401
-        import concurrent.futures.thread  # noqa: F401
-
         self._redact = ec.redact
         target = self._target(ec)
-        self._shipper = Shipper(target)
-        self._shipper.start()
+        header = {**target.header(), "pid": os.getpid(), "host": socket.gethostname()}
+        try:
+            journal = Journal.create(uuid.uuid4().hex, header)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot write the Prefect record's journal in {settings.journal_dir()}: {exc}; "
+                f"set {settings.JOURNAL_ENV} to a writable directory, or "
+                f"{settings.RECORDER_ENV}=none to run without a record") from None
+        self._pipeline = Pipeline(Delivery(journal, target), target.tags)
+        self._pipeline.start()
 
     def action_changed(self, run: ActionRun) -> None:
         # Called from dispatcher threads: snapshot (the engine mutates the run) and queue.
-        if self._shipper is not None:
+        if self._pipeline is not None:
             snap = Snapshot.of(run)
             if snap.message:  # rare: failures; keep secrets out of state messages
                 snap = dataclasses.replace(snap, message=self._redact(snap.message))
-            self._shipper.queue.put(("run", snap))
+            self._pipeline.queue.put(("run", snap))
 
     def log(self, run: ActionRun | None, level: int, message: str) -> None:
-        if self._shipper is not None:
+        if self._pipeline is not None:
             logger = f"nepi.{run.rtype}" if run is not None else "nepi.ec"
-            self._shipper.queue.put(("log", run.id if run is not None else None, logger,
-                                     level, message, datetime.now(timezone.utc)))
+            self._pipeline.queue.put(("log", run.id if run is not None else None, logger,
+                                      level, message, datetime.now(timezone.utc)))
 
     def abandon(self, ec: "ExperimentController", reason: str) -> None:
         self.timeout = min(self.timeout, ABANDON_TIMEOUT)  # the process is on its way out
@@ -88,36 +102,60 @@ class PrefectRecorder(Recorder):
             self._abandoned = ("CRASHED", reason)
 
     def close(self, ec: "ExperimentController", summary: dict[str, Any]) -> None:
-        if self._shipper is None or self._closed:
+        if self._pipeline is None or self._closed:
             return
         self._closed = True
         final_type, message = self._final(summary)
-        message = self._redact(message)
-        artifact = summary_artifact(summary, redact=self._redact)
-        self._shipper.queue.put(("close", Closing(artifact, final_type, message, self.timeout)))
-        if not self._shipper.done.wait(self.timeout + 10):
-            log.warning("the Prefect record of experiment %s is incomplete: the recorder "
-                        "did not finish within %.0f s", summary.get("exp_id"), self.timeout)
-            return
+        closing = {"type": final_type, "name": final_type.capitalize(),
+                   "message": self._redact(message),
+                   "at": datetime.now(timezone.utc).isoformat(),
+                   "artifact": summary_artifact(summary, redact=self._redact)}
+        pipeline = self._pipeline
+        pipeline.queue.put(("close", closing))
+        pipeline.wake()
+        self._wait(pipeline)
         self._report(summary)
+
+    def _wait(self, pipeline: Pipeline) -> None:
+        """Until the server accepted the record, or it is safe in the journal and the
+        server is not taking it (unreachable, or ``timeout`` ran out)."""
+        started = time.monotonic()
+        told = False
+        pipeline.journaled.wait(60)
+        while not pipeline.done.wait(0.05):
+            waited = time.monotonic() - started
+            if waited >= self.timeout or pipeline.failed_after_close.is_set():
+                break
+            if not told and waited >= NOTIFY_AFTER:
+                told = True
+                self.notify(f"waiting for {pipeline.waiting_for()} (the record is safe in "
+                            f"{pipeline.outcome.journal})")
+        pipeline.stop.set()
+        pipeline.wake()
 
     # -- what the record achieved ----------------------------------------------------------
     @property
     def outcome(self) -> Outcome | None:
-        """The flow run id, API URL, confirmation and timings (complete after close)."""
-        return self._shipper.outcome if self._shipper is not None else None
+        """The flow run id, API URL, whether the record was delivered, the journal."""
+        return self._pipeline.outcome if self._pipeline is not None else None
 
     @property
     def flow_run_id(self) -> Any:
-        return self._shipper.outcome.flow_run_id if self._shipper is not None else None
+        return self._pipeline.outcome.flow_run_id if self._pipeline is not None else None
+
+    @property
+    def delivered(self) -> bool:
+        """The whole record is on the server (False before close)."""
+        return self._pipeline is not None and self._pipeline.outcome.delivered
 
     # -- helpers ---------------------------------------------------------------------------------
     def _target(self, ec: "ExperimentController") -> Target:
         name = f"{ec.exp_id}-{ec.run_id}"
         target = Target(attach="new", flow_run_name=name, tags=[ec.exp_id, "nepi-prefect"],
-                        parameters={"exp_id": ec.exp_id, "run_id": ec.run_id})
-        # Importing Prefect takes a second or two: don't, unless the user already did
-        # (then there may be a flow run context, or temporary settings, to honour).
+                        parameters={"exp_id": ec.exp_id, "run_id": ec.run_id},
+                        started=datetime.now(timezone.utc).isoformat())
+        # Importing Prefect takes seconds on a busy machine: don't, unless the user
+        # already did (then there may be a flow run context, or settings, to honour).
         if "prefect.context" not in sys.modules:
             if self.attach in ("current", "subflow"):
                 raise RuntimeError(f"attach={self.attach!r} needs a running Prefect flow")
@@ -125,20 +163,23 @@ class PrefectRecorder(Recorder):
         from prefect.context import FlowRunContext
         from prefect.settings import get_current_settings
 
-        settings = get_current_settings()
-        target.api_url = settings.api.url
-        target.api_key = settings.api.key.get_secret_value() if settings.api.key else None
-        target.auth_string = (settings.api.auth_string.get_secret_value()
-                              if settings.api.auth_string else None)
-        ctx = FlowRunContext.get()
-        flow_run = getattr(ctx, "flow_run", None)
-        if flow_run is None:
+        prefect_settings = get_current_settings()
+        target.api_url = prefect_settings.api.url
+        key, auth = prefect_settings.api.key, prefect_settings.api.auth_string
+        target.api_key = key.get_secret_value() if key else None
+        target.auth_string = auth.get_secret_value() if auth else None
+        flow_run = getattr(FlowRunContext.get(), "flow_run", None)
+        if flow_run is None or target.api_url is None:
+            # Without an API URL, the user's flow ran on Prefect's own ephemeral API,
+            # which the record cannot reach: it becomes a top-level flow run instead.
             if self.attach in ("current", "subflow"):
-                raise RuntimeError(f"attach={self.attach!r} needs a running Prefect flow")
+                raise RuntimeError(f"attach={self.attach!r} needs a running Prefect flow "
+                                   f"and PREFECT_API_URL")
             return target
         if self.attach in ("auto", "subflow", "current"):
             target.attach = "current" if self.attach == "current" else "subflow"
-            target.parent_flow_run_id, target.parent_flow_id = flow_run.id, flow_run.flow_id
+            target.parent_flow_run_id = str(flow_run.id)
+            target.parent_flow_id = str(flow_run.flow_id)
         return target
 
     def _final(self, summary: dict[str, Any]) -> tuple[str, str]:
@@ -149,13 +190,13 @@ class PrefectRecorder(Recorder):
         return "COMPLETED", f"{len(summary.get('resources', []))} resources"
 
     def _report(self, summary: dict[str, Any]) -> None:
-        outcome = self._shipper.outcome
-        for error in outcome.errors:
-            log.warning("Prefect record of experiment %s: %s", summary.get("exp_id"), error)
-        if not outcome.confirmed:
-            log.warning("the Prefect record of experiment %s is incomplete: %d task runs "
-                        "not confirmed on %s within %.0f s", summary.get("exp_id"),
-                        outcome.missing, outcome.api_url, self.timeout)
+        outcome = self._pipeline.outcome
+        if not outcome.delivered:
+            last = outcome.errors[-1] if outcome.errors else "the server did not take it in time"
+            log.warning("the Prefect record of experiment %s is not on the server yet (%s); "
+                        "it is kept in %s and goes out in the background (the local server's "
+                        "service, the next nepi-prefect run or `nepi-prefect server flush`)",
+                        summary.get("exp_id"), last, outcome.journal)
 
 
 def _interrupted() -> bool:

@@ -1,0 +1,192 @@
+"""What the Prefect record costs, side by side with the engine alone.
+
+    python benchmarks/bench_record.py [--rms 1000] [--skip-concurrent]
+
+1. ``nepi-prefect run examples/ping.yaml``, wall time: the engine alone
+   (``--recorder none``), recording with the local server already up, and
+   recording from a fresh PREFECT_HOME (the server's start included).
+2. 1000 trivial RMs (deploy/start/stop/release): the process's exit time with
+   and without recording, and how long after the exit the whole record is
+   visible on the server.
+3. 8 concurrent ``run examples/ping.yaml`` on a fresh PREFECT_HOME: exit codes,
+   server processes, and when all eight records are complete on the server.
+
+Every server runs under a temporary PREFECT_HOME on a free port; each is
+stopped at the end (``nepi-prefect server stop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [str(Path(sys.executable).with_name("nepi-prefect"))]
+PING = str(ROOT / "examples" / "ping.yaml")
+
+CHILD = """
+import json, sys, time
+from nepi_prefect.execution.ec import ExperimentController
+from nepi_prefect.execution.resource import (ResourceAction, ResourceFactory, ResourceManager,
+                                             ResourceState, clsinit_copy)
+
+@clsinit_copy
+class BenchTrivial(ResourceManager):
+    _rtype = "BenchTrivial"
+
+ResourceFactory.register_type(BenchTrivial)
+ec = ExperimentController(exp_id="bench-record")
+guids = [ec.register_resource("BenchTrivial") for _ in range(int(sys.argv[1]))]
+for guid in guids:
+    ec.register_condition(guid, ResourceAction.STOP, guid, ResourceState.STARTED)
+ec.deploy()
+ec.wait(guids, states=(ResourceState.STOPPED,), timeout=600)
+ec.shutdown()
+outcome = getattr(ec.recorder, "outcome", None)
+print(json.dumps({"flow_run_id": str(getattr(outcome, "flow_run_id", None)),
+                  "expected": len(getattr(outcome, "expected", {})),
+                  "delivered": bool(getattr(ec.recorder, "delivered", False))}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_env(recorder: str = "prefect") -> dict[str, str]:
+    home = tempfile.mkdtemp(prefix="nepi-bench-record-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=home, NEPI_PREFECT_SERVER_PORT=str(free_port()),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", NEPI_PREFECT_RECORDER=recorder,
+               NEPI_PREFECT_RESULTS=os.path.join(home, "results"), PYTHONPATH=str(ROOT))
+    return env
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    return time.perf_counter() - started, done
+
+
+def api(env: dict[str, str], path: str, body: dict) -> list:
+    import httpx
+
+    url = f"http://127.0.0.1:{env['NEPI_PREFECT_SERVER_PORT']}/api/{path}"
+    return httpx.post(url, json=body, timeout=60).json()
+
+
+def final_task_runs(env: dict[str, str], flow_run_id: str) -> int:
+    count, offset = 0, 0
+    while True:
+        page = api(env, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
+                                             "limit": 200, "offset": offset})
+        count += sum(1 for r in page if r["state_type"] in ("COMPLETED", "FAILED", "CANCELLED"))
+        if len(page) < 200:
+            return count
+        offset += 200
+
+
+def servers(env: dict[str, str]) -> int:
+    marker = f"PREFECT_HOME={env['PREFECT_HOME']}\0".encode()
+    found = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes() and \
+                    b"server\0start" in (proc / "cmdline").read_bytes():
+                found += 1
+        except OSError:
+            pass
+    return found
+
+
+def bench_ping() -> None:
+    alone, done = timed(CLI + ["run", PING, "--recorder", "none"], fresh_env("none"))
+    assert done.returncode == 0, done.stderr
+    env = fresh_env()
+    cold, done_cold = timed(CLI + ["run", PING], env)
+    warm, done_warm = timed(CLI + ["run", PING], env)
+    subprocess.run(CLI + ["server", "stop"], env=env, capture_output=True)
+    print("1. nepi-prefect run examples/ping.yaml (wall time)")
+    print(f"   engine alone (--recorder none)      {alone:6.2f} s")
+    print(f"   recorded, server already up         {warm:6.2f} s  (+{warm - alone:.2f} s; "
+          f"target +1 s; exit {done_warm.returncode})")
+    print(f"   recorded, fresh PREFECT_HOME        {cold:6.2f} s  (+{cold - alone:.2f} s; "
+          f"target +8 s; exit {done_cold.returncode})")
+
+
+def bench_many(n: int) -> None:
+    alone, done = timed([sys.executable, "-c", CHILD, str(n)], fresh_env("none"))
+    assert done.returncode == 0, done.stderr
+    env = fresh_env()
+    subprocess.run(CLI + ["server", "start"], env=env, capture_output=True, check=True)
+    recorded, done = timed([sys.executable, "-c", CHILD, str(n)], env)
+    exited = time.perf_counter()
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    visible = None
+    while time.perf_counter() - exited < 300:
+        if info["flow_run_id"] != "None" and \
+                final_task_runs(env, info["flow_run_id"]) >= info["expected"]:
+            visible = time.perf_counter() - exited
+            break
+        time.sleep(0.25)
+    subprocess.run(CLI + ["server", "stop"], env=env, capture_output=True)
+    print(f"2. {n} trivial RMs, deploy/start/stop/release ({info['expected']} task runs)")
+    print(f"   process exit, engine alone          {alone:6.2f} s")
+    print(f"   process exit, recorded              {recorded:6.2f} s  (+{recorded - alone:.2f} s; "
+          f"target +2 s; handed over before exit: {info['delivered']})")
+    print("   whole record visible on the server  " +
+          (f"{visible:6.2f} s after the exit (target 15 s)" if visible is not None
+           else "NOT within 300 s"))
+
+
+def bench_concurrent() -> None:
+    env = fresh_env()
+    started = time.perf_counter()
+    procs = [subprocess.Popen(CLI + ["run", PING], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(8)]
+    codes = [proc.wait(timeout=900) for proc in procs]
+    elapsed = time.perf_counter() - started
+    running = servers(env)
+    left = len(list(Path(env["PREFECT_HOME"], "nepi-journal").glob("*.jsonl")))
+    if left:   # records the runs did not hand over before exiting: ship them now
+        subprocess.run(CLI + ["server", "flush"], env=env, capture_output=True)
+    complete_at = None
+    while time.perf_counter() - started < 600:
+        runs = api(env, "flow_runs/filter", {"flow_runs": {"tags": {"all_": ["ping"]}},
+                                             "limit": 200})
+        if sum(1 for r in runs if r["state_type"] == "COMPLETED") == 8:
+            complete_at = time.perf_counter() - started
+            break
+        time.sleep(0.25)
+    subprocess.run(CLI + ["server", "stop"], env=env, capture_output=True)
+    print("3. 8 concurrent `run examples/ping.yaml` on a fresh PREFECT_HOME")
+    print(f"   all exited after {elapsed:.2f} s, exit codes {codes}; server processes: {running}; "
+          f"journals left for a flush: {left}")
+    print("   eight COMPLETED flow runs on the server " +
+          (f"{complete_at:.2f} s after the start" if complete_at else "NOT within 600 s"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rms", type=int, default=1000)
+    parser.add_argument("--skip-concurrent", action="store_true")
+    args = parser.parse_args()
+    print(f"load average: {os.getloadavg()}")
+    bench_ping()
+    bench_many(args.rms)
+    if not args.skip_concurrent:
+        bench_concurrent()
+
+
+if __name__ == "__main__":
+    main()

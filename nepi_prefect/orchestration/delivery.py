@@ -1,0 +1,230 @@
+"""One run's record on its way from the journal to the Prefect API.
+
+A :class:`Delivery` holds what is journaled but not yet on the server. The
+live recorder feeds it (and ships it while the experiment runs); a later
+process rebuilds it from an orphaned journal (:mod:`.replay`) and ships the
+rest. Either way: open the flow run (idempotently), post events and logs in
+order, mark what was accepted in the journal, then the artifact and the final
+state, and drop the journal.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from nepi_prefect.orchestration import server
+from nepi_prefect.orchestration.api import PrefectAPI
+from nepi_prefect.orchestration.events import related
+from nepi_prefect.orchestration.journal import Contents, Journal
+
+BATCH = 500            # events or log records per request
+WINDOW = 4000          # task-run events in flight (posted, not yet seen on the server)
+
+
+@dataclass
+class Target:
+    """Where the record goes: settings and run context captured in the user's thread."""
+
+    attach: str                          # "new" | "current" | "subflow"
+    flow_run_name: str
+    tags: list[str]
+    parameters: dict[str, Any]
+    started: str                         # ISO time the experiment began
+    api_url: str | None = None           # None: $PREFECT_API_URL, else the local server
+    api_key: str | None = None
+    auth_string: str | None = None
+    parent_flow_run_id: str | None = None   # for "subflow" and "current"
+    parent_flow_id: str | None = None
+
+    def header(self) -> dict[str, Any]:
+        """What the journal keeps of it (never the credentials)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("api_key", "auth_string")}
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> "Target":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in header.items() if k in names})
+
+
+class Delivery:
+    """The undelivered part of one run's record, and how to ship it."""
+
+    def __init__(self, journal: Journal, target: Target, contents: Contents | None = None):
+        self.journal = journal
+        self.target = target
+        self.key = journal.path.stem
+        self.lock = threading.Lock()
+        self.api: PrefectAPI | None = None
+        self.flow_run_id: uuid.UUID | None = None
+        self.flow_id: uuid.UUID | None = None
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self.logs: list[tuple[int, dict[str, Any]]] = []
+        self.n_events = self.n_logs = self.acked_events = self.acked_logs = 0
+        self.closing: dict[str, Any] | None = None
+        self._related: list[dict[str, str]] = []
+        #: (events posted up to it, task run id, state timestamp) of each batch's last event
+        self._checkpoints: collections.deque[tuple[int, uuid.UUID, str]] = collections.deque()
+        self._posted = self._seen = 0
+        if contents is not None:
+            self._restore(contents)
+
+    def _restore(self, contents: Contents) -> None:
+        if contents.flow is not None:
+            self.flow_run_id = uuid.UUID(contents.flow["flow_run_id"])
+            self.flow_id = _uuid(contents.flow.get("flow_id"))
+        self.acked_events, self.acked_logs = contents.acked_events, contents.acked_logs
+        self.events = [item for item in contents.events if item[0] > self.acked_events]
+        self.logs = [item for item in contents.logs if item[0] > self.acked_logs]
+        self.n_events = contents.events[-1][0] if contents.events else 0
+        self.n_logs = contents.logs[-1][0] if contents.logs else 0
+        self.closing = contents.closing
+
+    # -- journaling (callers hold no lock) -------------------------------------------
+    def add_event(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.n_events += 1
+            self.journal.write({"k": "ev", "n": self.n_events, "e": event})
+            self.events.append((self.n_events, event))
+
+    def add_log(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.n_logs += 1
+            self.journal.write({"k": "log", "n": self.n_logs, "l": record})
+            self.logs.append((self.n_logs, record))
+
+    def add_close(self, closing: dict[str, Any]) -> None:
+        with self.lock:
+            self.closing = closing
+            self.journal.write({"k": "close", **closing})
+            self.journal.sync()
+
+    def flush(self, sync: bool = False) -> None:
+        """Hand what was written to the OS (survives a kill); fsync now and then."""
+        with self.lock:
+            if sync:
+                self.journal.sync()
+            else:
+                self.journal._fh.flush()
+                self.journal.sync_if_due()
+
+    @property
+    def pending(self) -> int:
+        return len(self.events) + len(self.logs)
+
+    # -- shipping ---------------------------------------------------------------------
+    def connect(self) -> None:
+        """Reach the API (starting the local server if it is the target) and open the
+        flow run. Raises when the API cannot be reached."""
+        tgt = self.target
+        if self.api is None:
+            url = tgt.api_url or server.api_url()
+            self.api = PrefectAPI(url, api_key=tgt.api_key, auth_string=tgt.auth_string)
+        if self.flow_run_id is None:
+            self._open_flow_run()
+        self._related = related(self.flow_run_id, self.flow_id, tgt.tags)
+
+    def _open_flow_run(self) -> None:
+        tgt = self.target
+        if tgt.attach == "current":
+            flow_run_id, flow_id = uuid.UUID(tgt.parent_flow_run_id), _uuid(tgt.parent_flow_id)
+        else:
+            parent = None
+            if tgt.attach == "subflow":
+                parent = self.api.create_task_run(uuid.UUID(tgt.parent_flow_run_id),
+                                                  tgt.flow_run_name, tgt.tags, self.key)
+            flow_id = self.api.flow_id()
+            flow_run_id = self.api.create_flow_run(
+                flow_id, tgt.flow_run_name, tgt.tags, tgt.parameters, self.key,
+                parent_task_run_id=parent)
+        with self.lock:
+            self.flow_run_id, self.flow_id = flow_run_id, flow_id
+            self.journal.write({"k": "flow", "flow_run_id": str(flow_run_id),
+                                "flow_id": str(flow_id) if flow_id else None})
+            self.journal._fh.flush()
+
+    def ship(self, stop: threading.Event | None = None) -> None:
+        """Post what is pending, oldest first, and mark it accepted. Raises on failure."""
+        while True:
+            with self.lock:
+                events = self.events[:BATCH]
+            if not events:
+                break
+            self._wait_for_room(len(events), stop)
+            self.api.post_events([{**event, "related": self._related} for _, event in events])
+            last = events[-1][1]
+            self._posted += len(events)
+            self._checkpoints.append((self._posted, _task_run_id(last),
+                                      last["resource"]["prefect.state-timestamp"]))
+            self._accepted(events=len(events), upto=events[-1][0])
+        while True:
+            with self.lock:
+                logs = self.logs[:BATCH]
+            if not logs:
+                break
+            flow_run = str(self.flow_run_id)
+            self.api.post_logs([{**record, "flow_run_id": flow_run} for _, record in logs])
+            self._accepted(logs=len(logs), upto=logs[-1][0])
+
+    def _accepted(self, upto: int, events: int = 0, logs: int = 0) -> None:
+        with self.lock:
+            if events:
+                del self.events[:events]
+                self.acked_events = upto
+            if logs:
+                del self.logs[:logs]
+                self.acked_logs = upto
+            self.journal.write({"k": "ack", "ev": self.acked_events, "log": self.acked_logs})
+            self.journal._fh.flush()
+
+    def _wait_for_room(self, n: int, stop: threading.Event | None) -> None:
+        """Back-pressure: the server queues events in memory (10000 per consumer) and
+        drops the overflow. Keep at most WINDOW in flight; a batch's last event, seen
+        on the server in that state, acknowledges the batch."""
+        delay = 0.05
+        while self._posted + n - self._seen > WINDOW and self._checkpoints:
+            if stop is not None and stop.is_set():
+                return
+            probe = [cp[1] for cp in list(self._checkpoints)[:20]]
+            states = self.api.task_run_states(probe)
+            while self._checkpoints:
+                position, run_id, stamp = self._checkpoints[0]
+                seen = states.get(run_id)
+                if seen is None or seen[1] is None or \
+                        datetime.fromisoformat(seen[1]) < datetime.fromisoformat(stamp):
+                    break
+                self._seen = position
+                self._checkpoints.popleft()
+            if self._posted + n - self._seen > WINDOW:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def finish(self) -> None:
+        """The artifact and the final state; then the journal goes."""
+        closing = self.closing
+        if closing.get("artifact") is not None:
+            self.api.create_artifact({**closing["artifact"], "flow_run_id": str(self.flow_run_id)})
+        if self.target.attach != "current":
+            self.api.set_flow_run_state(self.flow_run_id, closing["type"], closing["name"],
+                                        closing["message"])
+        with self.lock:
+            self.journal.remove()
+
+    def ui_link(self) -> str | None:
+        if self.api is None or self.flow_run_id is None:
+            return None
+        return f"{server.ui_url(self.api.url)}/runs/flow-run/{self.flow_run_id}"
+
+
+def _task_run_id(event: dict[str, Any]) -> uuid.UUID:
+    return uuid.UUID(event["resource"]["prefect.resource.id"].rpartition(".")[2])
+
+
+def _uuid(text: str | None) -> uuid.UUID | None:
+    return uuid.UUID(text) if text else None
+
