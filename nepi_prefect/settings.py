@@ -165,3 +165,19 @@ def _seconds(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name}={text!r}: expected a positive number of seconds")
     return value
+
+
+def export_prefect_api_url(url: str) -> None:
+    """Point this process's Prefect code (and its children) at ``url``."""
+    os.environ[PREFECT_API_URL_ENV] = url
+
+
+def prefect_ui_url() -> str | None:
+    """Prefect's own ``$PREFECT_UI_URL``, if set."""
+    return os.environ.get("PREFECT_UI_URL", "").strip() or None
+
+
+def prefect_credentials() -> tuple[str | None, str | None]:
+    """Prefect's own ``$PREFECT_API_KEY`` and ``$PREFECT_API_AUTH_STRING``."""
+    return (os.environ.get("PREFECT_API_KEY") or None,
+            os.environ.get("PREFECT_API_AUTH_STRING") or None)

@@ -11,7 +11,6 @@ end: its unfinished task runs and its flow run end ``Crashed``.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -146,6 +145,5 @@ def _local_api() -> str | None:
 def _with_credentials(target: Target) -> None:
     """Credentials are never journaled: take this process's, for the same API."""
     if target.api_url and target.api_url == settings.prefect_api_url():
-        target.api_key = os.environ.get("PREFECT_API_KEY") or None
-        target.auth_string = os.environ.get("PREFECT_API_AUTH_STRING") or None
+        target.api_key, target.auth_string = settings.prefect_credentials()
 

@@ -8,8 +8,6 @@ process and be watchable while the experiment runs.
 
 from __future__ import annotations
 
-import os
-
 from nepi_prefect import settings
 from nepi_prefect.orchestration import local_server
 
@@ -26,13 +24,13 @@ def use_api() -> str:
     importing Prefect, so Prefect does not start its own ephemeral server.
     """
     url = api_url()
-    os.environ[settings.PREFECT_API_URL_ENV] = url
+    settings.export_prefect_api_url(url)
     return url
 
 
 def ui_url(api: str) -> str:
     """The UI's address for an API URL (``$PREFECT_UI_URL`` if set)."""
-    explicit = os.environ.get("PREFECT_UI_URL", "").strip()
+    explicit = settings.prefect_ui_url()
     if explicit:
         return explicit.rstrip("/")
     return api.rstrip("/").removesuffix("/api")
