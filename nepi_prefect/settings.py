@@ -181,3 +181,30 @@ def prefect_credentials() -> tuple[str | None, str | None]:
     """Prefect's own ``$PREFECT_API_KEY`` and ``$PREFECT_API_AUTH_STRING``."""
     return (os.environ.get("PREFECT_API_KEY") or None,
             os.environ.get("PREFECT_API_AUTH_STRING") or None)
+
+
+#: where the extracted ns-3 TypeId registry is cached (one JSON file per ns3 version)
+NS3_CACHE_ENV = "NEPI_PREFECT_NS3_CACHE"
+DEFAULT_NS3_CACHE = "~/.cache/nepi-prefect"
+
+#: the Python that runs the ns-3 simulator process (default: this interpreter)
+NS3_PYTHON_ENV = "NEPI_PREFECT_NS3_PYTHON"
+
+#: "0" turns off the spare, pre-imported simulator process kept for the next run
+NS3_SPARE_ENV = "NEPI_PREFECT_NS3_SPARE"
+
+
+def ns3_cache_dir() -> str:
+    """The directory of the cached ns-3 registry."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(NS3_CACHE_ENV) or DEFAULT_NS3_CACHE))
+
+
+def ns3_python() -> str:
+    """The interpreter for the ns-3 simulator process."""
+    import sys
+    return os.environ.get(NS3_PYTHON_ENV, "").strip() or sys.executable
+
+
+def ns3_spare() -> bool:
+    """Whether a pre-imported simulator process is kept ready for the next run."""
+    return os.environ.get(NS3_SPARE_ENV, "1").strip() not in ("0", "false", "no")

@@ -24,8 +24,12 @@ class ResourceFactory:
     """Resource types by rtype: registered ones, then entry points."""
 
     ENTRY_POINT_GROUP = "nepi_prefect.resources"
+    #: modules with ``names()`` and ``load(rtype)``, for platforms whose types are
+    #: made on demand (ns-3: one per TypeId of its registry)
+    PROVIDER_GROUP = "nepi_prefect.resource_providers"
     _resource_types: dict[str, type[ResourceType]] = {}
     _entry_points: dict[str, importlib.metadata.EntryPoint] | None = None
+    _providers: list[Any] | None = None
     _lock = threading.Lock()
 
     @classmethod
@@ -70,10 +74,34 @@ class ResourceFactory:
         return found
 
     @classmethod
+    def _provided(cls) -> list[Any]:
+        if cls._providers is None:
+            providers = []
+            for ep in importlib.metadata.entry_points(group=cls.PROVIDER_GROUP):
+                try:
+                    providers.append(ep.load())
+                except Exception as exc:  # a broken plugin must not break the others
+                    log.warning("resource provider %s could not be loaded: %s", ep.value, exc)
+            cls._providers = providers
+        return cls._providers
+
+    @classmethod
+    def _from_providers(cls, rtype: str) -> type[ResourceType] | None:
+        for provider in cls._provided():
+            try:
+                rclass = provider.load(rtype)
+            except Exception as exc:
+                log.warning("resource type %s could not be made: %s", rtype, exc)
+                continue
+            if rclass is not None:
+                return cls._resource_types.setdefault(rtype, rclass)
+        return None
+
+    @classmethod
     def _load(cls, rtype: str) -> type[ResourceType] | None:
         ep = cls._discovered().get(rtype)
         if ep is None:
-            return None
+            return cls._from_providers(rtype)
         try:
             rclass = ep.load()
         except Exception as exc:  # a broken plugin must not break the others
@@ -96,6 +124,15 @@ class ResourceFactory:
         for name in cls._discovered():
             if name not in cls._resource_types:
                 cls._load(name)
+        for provider in cls._provided():
+            try:
+                names = provider.names()
+            except Exception as exc:
+                log.warning("resource provider %s could not list its types: %s", provider, exc)
+                continue
+            for name in names:
+                if name not in cls._resource_types:
+                    cls._from_providers(name)
         return dict(cls._resource_types)
 
     @classmethod
