@@ -190,7 +190,8 @@ DEFAULT_NS3_CACHE = "~/.cache/nepi-prefect"
 #: the Python that runs the ns-3 simulator process (default: this interpreter)
 NS3_PYTHON_ENV = "NEPI_PREFECT_NS3_PYTHON"
 
-#: "0" turns off the spare, pre-imported simulator process kept for the next run
+#: "0": no simulator process is kept for the next run (neither a pre-imported spare
+#: nor the process of a run that ended cleanly); each run imports ns-3 afresh
 NS3_SPARE_ENV = "NEPI_PREFECT_NS3_SPARE"
 
 

@@ -4,8 +4,8 @@
 answers with a deadline, hands events to a callback, and keeps the last lines
 the process wrote to stderr, so that a crash (an ns-3 abort, a segfault) is
 reported with ns-3's own message. :func:`acquire` hands out an already
-imported worker when one is ready, so a run pays the slow import only when no
-spare is waiting.
+imported worker when one is ready (a spare started ahead, or the process of a
+run that ended cleanly), so a sweep or a test suite pays the slow import once.
 """
 
 from __future__ import annotations
@@ -172,6 +172,18 @@ def acquire() -> SimulatorProcess:
     if proc is not None and proc.alive:
         return proc
     return SimulatorProcess()
+
+
+def give_back(proc: SimulatorProcess) -> None:
+    """Keep a process whose run ended cleanly as the spare (ns-3 was reset by
+    Simulator::Destroy); kill it if a spare is already waiting."""
+    global _spare
+    if proc.alive and settings.ns3_spare():
+        with _spare_lock:
+            if _spare is None or not _spare.alive:
+                _spare, proc = proc, None
+    if proc is not None:
+        proc.kill()
 
 
 def prewarm() -> None:

@@ -86,7 +86,11 @@ def load(rtype: str) -> type[ResourceManager] | None:
 def _make(rtype: str, tid: str) -> type[ResourceManager]:
     info = registry.load()["types"][tid]
     role = _role(tid)
-    attrs = [a for a in (registry.attribute(spec) for spec in info["attributes"]) if a]
+    types = registry.load()["types"]
+    specs: dict[str, dict] = {}
+    for name in reversed([tid] + info["parents"]):  # a subtype's attribute wins
+        specs.update((a["name"], a) for a in types.get(name, {}).get("attributes", []))
+    attrs = [a for a in (registry.attribute(spec) for spec in specs.values()) if a]
     chain = " < ".join([tid] + info["parents"])
     help_ = f"ns-3 {tid} ({info['group'] or 'core'} module; {chain}). {role._help}"
 

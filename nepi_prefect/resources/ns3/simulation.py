@@ -141,14 +141,15 @@ class Ns3Simulation(ResourceManager):
             if end is not None and end < stop:
                 events.append([end, str(app.guid), "stopped"])
         self.set_started()
-        threading.Thread(target=self._run, args=(stop, events), daemon=True,
+        by_ref = {str(guid): list(t) for guid, t in times.items()}
+        threading.Thread(target=self._run, args=(stop, events, by_ref), daemon=True,
                          name=f"ns3-sim-{self.guid}").start()
 
-    def _run(self, stop: float, events: list) -> None:
+    def _run(self, stop: float, events: list, times: dict) -> None:
         try:
             self.result = self._proc.request(
                 "run", timeout=self.get("timeout"), stop=stop, events=events,
-                flowmon=self.get("flowMonitor"))
+                flowmon=self.get("flowMonitor"), times=times)
         except Exception as exc:
             self.failure = str(exc)
             self.error(f"simulation failed: {exc}")
@@ -181,8 +182,12 @@ class Ns3Simulation(ResourceManager):
     def do_release(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.kill()  # one process per run: cppyy's state is not reused
-            client.prewarm()  # the next run (a sweep's next point) finds ns-3 imported
+            proc.on_event = None
+            if self.state == ResourceState.FINISHED:
+                client.give_back(proc)  # the next run (a sweep's next point) reuses it
+            else:
+                proc.kill()  # failed or cut short: its state is not trusted
+                client.prewarm()
         super().do_release()
 
 

@@ -171,9 +171,6 @@ class Builder:
     def _application(self, spec: dict) -> None:
         app = self.create(spec, ns.Application)
         self.objects[spec["node"]].AddApplication(app)
-        app.SetStartTime(ns.Seconds(spec["start"]))
-        if spec.get("stop") is not None:
-            app.SetStopTime(ns.Seconds(spec["stop"]))
         self.apps[spec["ref"]] = app
         if spec["tid"] == "ns3::PacketSink":
             self.sinks[spec["ref"]] = ns.DynamicCast[ns.PacketSink](app)
@@ -182,6 +179,10 @@ class Builder:
 # -- running ------------------------------------------------------------------------------
 def run(builder: Builder, req: dict, proto) -> dict:
     """Run to ``stop`` s of simulated time, telling each app event as it is reached."""
+    for ref, (start, end) in req.get("times", {}).items():
+        builder.apps[ref].SetStartTime(ns.Seconds(start))
+        if end is not None:
+            builder.apps[ref].SetStopTime(ns.Seconds(end))
     if builder.stack is not None:
         ns.Ipv4GlobalRoutingHelper.PopulateRoutingTables()
     helper = monitor = None
@@ -246,6 +247,7 @@ def serve(proto) -> None:
             if op == "registry":
                 result = registry()
             elif op == "build":
+                builder = Builder()  # a reused process: the last run was destroyed
                 if req.get("output"):
                     _redirect_stdout(req["output"])
                 if req.get("realtime"):  # before anything creates the simulator
