@@ -37,11 +37,10 @@ class SimulatorProcess:
     """One ns-3 worker process and its JSON-lines pipe."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, CPPYY_CRASH_QUIET="1")  # no gdb back trace on an abort
         self._proc = subprocess.Popen(
             [settings.ns3_python(), "-m", "nepi_prefect.resources.ns3.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, bufsize=1, env=env, start_new_session=True)
+            text=True, bufsize=1, start_new_session=True)
         self.pid = self._proc.pid
         self._ids = itertools.count(1)
         self._answers: dict[int, dict] = {}

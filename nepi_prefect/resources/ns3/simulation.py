@@ -31,6 +31,8 @@ from nepi_prefect.util.timefuncs import parse_delay
 _UNITS = {"y": 365 * 86400.0, "d": 86400.0, "h": 3600.0, "min": 60.0, "s": 1.0, "ms": 1e-3,
           "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}
 #: build order: what a role needs exists before it (devices need nodes, channels, queues)
+#: wall seconds creating the objects may take (cppyy compiles what it calls first)
+BUILD_TIMEOUT = 300.0
 _ORDER = (Ns3Node, Ns3Channel, Ns3Queue, Ns3ErrorModel, Ns3NetDevice, Ns3Application)
 
 
@@ -121,7 +123,7 @@ class Ns3Simulation(ResourceManager):
         self._proc.on_event = self._on_event
         hello = self._proc.wait_ready()
         self.info(f"ns-3 {hello.get('version')} ready in simulator process {hello.get('pid')}")
-        self._proc.request("build", timeout=self.get("timeout"), objects=specs,
+        self._proc.request("build", timeout=BUILD_TIMEOUT, objects=specs,
                            output=self.trace_path("stdout"), realtime=self.get("realtime"),
                            seed=self.get("seed"), run=self.get("run"))
         for rm in self._members:

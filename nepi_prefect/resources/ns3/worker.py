@@ -14,8 +14,10 @@ The worker exits when stdin closes, so it never outlives its controller.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -205,6 +207,12 @@ def run(builder: Builder, req: dict, proto) -> dict:
               "flows": flows(helper, monitor) if monitor is not None else [],
               "sinks": {ref: int(s.GetTotalRx()) for ref, s in builder.sinks.items()}}
     ns.Simulator.Destroy()
+    # Drop the last references to the objects: the trace helpers' files (pcap) are
+    # flushed and closed when the devices holding their sinks are freed.
+    builder.objects.clear()
+    builder.apps.clear()
+    builder.sinks.clear()
+    gc.collect()
     return result
 
 
@@ -287,6 +295,10 @@ def main() -> None:
     started = time.monotonic()
     from ns import ns as ns_module  # the slow part: cppyy compiles the bindings
     ns = ns_module
+    # cppyy's crash handlers run gdb for a back trace (tens of seconds); an abort
+    # (NS_FATAL_ERROR) should end the process at once, its message already printed.
+    for sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+        signal.signal(sig, signal.SIG_DFL)
     _send(proto, {"event": "hello", "version": _version(), "import_s": time.monotonic() - started,
                   "pid": os.getpid()})
     serve(proto)
