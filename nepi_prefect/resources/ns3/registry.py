@@ -126,7 +126,7 @@ def _typed(value_type: str, underlying: str, initial: str) -> tuple:
     if value_type == "ns3::DoubleValue":
         low, high = _bounds(underlying, float)
         return Types.Double, _number(initial, float), None, (low, high)
-    if value_type == "ns3::EnumValue":
+    if value_type.startswith("ns3::EnumValue"):  # EnumValue<ns3::RateErrorModel::ErrorUnit>
         allowed = [a for a in underlying.split("|") if a]
         if allowed:
             return Types.Enumerate, initial if initial in allowed else None, allowed, None
