@@ -24,8 +24,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.usefixtures("ns3_ready")
 
 
+def warm() -> None:
+    """Wait for an imported simulator process (after a crash test, a new one imports:
+    minutes on a loaded machine), so that the experiment's timeout measures the run."""
+    proc = client.acquire()
+    proc.wait_ready()
+    client.give_back(proc)
+
+
 def run(tmp_path, example: str, **overrides) -> tuple[dict, dict]:
     """Run an example with overrides; (summary, resources by name)."""
+    warm()
     ec = load_experiment(EXAMPLES / example, overrides=overrides or None,
                          local_dir=str(tmp_path), recorder=Recorder())
     summary = run_experiment(ec, timeout=240)
@@ -86,6 +95,7 @@ def test_ping_rtt_matches_the_link(tmp_path):
         "VerboseMode: Verbose, StartTime: 1s}")
     path = tmp_path / "ping.yaml"
     path.write_text(desc)
+    warm()
     ec = load_experiment(path, local_dir=str(tmp_path), recorder=Recorder())
     summary = run_experiment(ec, timeout=240)
     client_res = next(r for r in summary["resources"] if r["name"] == "client")
@@ -123,6 +133,7 @@ def test_error_model_drops_and_process_is_reused(tmp_path):
     path = tmp_path / "loss.yaml"
     path.write_text(desc)
     pids = []
+    warm()
     for i in range(2):
         ec = load_experiment(path, local_dir=str(tmp_path / str(i)), recorder=Recorder())
         summary = run_experiment(ec, timeout=240)
@@ -133,6 +144,28 @@ def test_error_model_drops_and_process_is_reused(tmp_path):
     assert pids[0] is not None and pids[0] == pids[1], "the warm process was not reused"
 
 
+def test_realtime_scheduler_follows_wall_time(tmp_path):
+    summary, res = run(tmp_path, "ns3_udp_echo.yaml",
+                       **{"sim.realtime": True, "sim.stopTime": "2.5s", "client.MaxPackets": 1})
+    assert summary["state"] == "COMPLETED"
+    assert res["sim"]["metrics"]["sim_wall_s"] >= 2.4  # 2.5 s simulated took as long
+    assert res["client"]["state"] == "FINISHED"
+
+
+def test_started_state_comes_in_simulated_order(tmp_path):
+    warm()
+    ec = load_experiment(EXAMPLES / "ns3_udp_echo.yaml", local_dir=str(tmp_path),
+                         recorder=Recorder())
+    run_experiment(ec, timeout=240)
+    names = {n: g for g, n in resource_names(ec).items()}
+    server, client_rm = ec.get_resource(names["server"]), ec.get_resource(names["client"])
+    assert server.start_time <= client_rm.start_time <= client_rm.finish_time
+    assert client_rm.state == ResourceState.RELEASED or client_rm.finish_time is not None
+    assert os.path.exists(ec.get_resource(names["sim"]).trace_path("stdout"))
+
+
+# The two tests that kill the simulator process come last: each later test would
+# wait for a fresh import.
 def test_a_value_ns3_refuses_fails_with_its_message(tmp_path):
     # The controller cannot know every ns-3 type name; ns-3 aborts, the
     # controller survives and says why.
@@ -152,22 +185,3 @@ def test_runaway_simulation_is_stopped_by_the_timeout(tmp_path):
     assert "did not finish 'run' within 5s" in res["sim"]["failure"]
     assert time.monotonic() - start < 200
     assert res["flow1"]["state"] == "FAILED"
-
-
-def test_realtime_scheduler_follows_wall_time(tmp_path):
-    summary, res = run(tmp_path, "ns3_udp_echo.yaml",
-                       **{"sim.realtime": True, "sim.stopTime": "2.5s", "client.MaxPackets": 1})
-    assert summary["state"] == "COMPLETED"
-    assert res["sim"]["metrics"]["sim_wall_s"] >= 2.4  # 2.5 s simulated took as long
-    assert res["client"]["state"] == "FINISHED"
-
-
-def test_started_state_comes_in_simulated_order(tmp_path):
-    ec = load_experiment(EXAMPLES / "ns3_udp_echo.yaml", local_dir=str(tmp_path),
-                         recorder=Recorder())
-    run_experiment(ec, timeout=240)
-    names = {n: g for g, n in resource_names(ec).items()}
-    server, client_rm = ec.get_resource(names["server"]), ec.get_resource(names["client"])
-    assert server.start_time <= client_rm.start_time <= client_rm.finish_time
-    assert client_rm.state == ResourceState.RELEASED or client_rm.finish_time is not None
-    assert os.path.exists(ec.get_resource(names["sim"]).trace_path("stdout"))

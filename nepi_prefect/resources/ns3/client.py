@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 from nepi_prefect import settings
 
-#: seconds the first ``from ns import ns`` may take (cppyy compiles the bindings)
-IMPORT_TIMEOUT = 300.0
+#: seconds the first ``from ns import ns`` may take (cppyy compiles the bindings:
+#: 8 s on an idle 2-core machine, 4-5 minutes on the same machine shared by 8 jobs)
+IMPORT_TIMEOUT = 900.0
 
 EventHandler = Callable[[dict], None]
 
