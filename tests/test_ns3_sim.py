@@ -21,7 +21,8 @@ from nepi_prefect.spec.run import run_experiment
 from tests.fixtures.ns3 import ns3_ready  # noqa: F401  (session fixture)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-pytestmark = pytest.mark.usefixtures("ns3_ready")
+# A test may wait for ns-3's import (minutes on a loaded machine) before its run.
+pytestmark = [pytest.mark.usefixtures("ns3_ready"), pytest.mark.timeout(1500)]
 
 
 def warm() -> None:
@@ -178,6 +179,7 @@ def test_a_value_ns3_refuses_fails_with_its_message(tmp_path):
 
 
 def test_runaway_simulation_is_stopped_by_the_timeout(tmp_path):
+    warm()  # the refused-value test killed the last process: import before timing
     start = time.monotonic()
     summary, res = run(tmp_path, "ns3_dumbbell.yaml", **{
         "sim.stopTime": "100000s", "sim.timeout": 5, "flow1.StopTime": "100000s"})
