@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 
 from nepi_prefect.results.campaign import campaign_frame
@@ -106,6 +107,10 @@ def test_stop_rule_replicates_each_point_until_it_holds(prefect_server, tmp_path
     assert [d["decision"] for d in result["decisions"].values()] == ["converged", "converged"]
     assert all(d["n"] == 2 and d["mean"] == 2.0 for d in result["decisions"].values())
     assert {p["ping.packets_received.n"] for p in result["points"]} == {2}
+    # the sweep draws its own plot: the swept size against a varying ping metric
+    plot = Path(result["plot"])
+    assert plot.parent == tmp_path / "campaigns" / "steady" and plot.name.endswith("-vs-ping.packetSize.png")
+    assert matplotlib.image.imread(plot).shape[:2] == (400, 640)
     never = StopRule(metric="ping.rtt_avg_ms", cv_pct=1e-9, min_runs=2, max_runs=3)
     state = sweep_flow(description=desc, grid={"ping.packetSize": [56]}, stop_rule=never,
                        results_dir=str(tmp_path), campaign="never", return_state=True)

@@ -219,7 +219,6 @@ def campaign_runs(name: str, root: str | None) -> tuple[pd.DataFrame, Path]:
     except (FileNotFoundError, ValueError):
         frame = runs_frame(root, campaign=name)
     if not frame.empty:
-        frame.attrs.setdefault("parameters", frame.attrs.get("params", []))
         return frame, base / "campaigns" / name
     return runs_frame(root, experiment=name), base / name
 

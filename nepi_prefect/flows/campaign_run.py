@@ -20,7 +20,10 @@ from nepi_prefect import settings
 from nepi_prefect.flows.campaign import Controller, Plan, StopSignals, prepare
 from nepi_prefect.flows.launchers import LocalLauncher, PoolLauncher, ensure_deployment
 from nepi_prefect.results.campaign import campaign_frame, point_stats, write_tables
-from nepi_prefect.results.store import DONE, FAILED, CampaignStore, owner_id
+from nepi_prefect.results.plot import attach_plot, default_plot
+from nepi_prefect.results.query import environment_warnings
+from nepi_prefect.results.tables import artifact_key
+from nepi_prefect.results.store import DONE, FAILED, CampaignStore, campaign_dir, owner_id
 
 
 @dataclass
@@ -86,6 +89,7 @@ def _tables(plan: Plan, root: str, opts: Options) -> dict[str, Any]:
     """Whatever happened: the CSV and Parquet files, and the point table as an artifact."""
     frame = campaign_frame(plan.name, root)
     paths = write_tables(plan.name, root, frame)
+    paths["plot"] = _default_plot(plan.name, frame, root)
     points = point_stats(frame)
     decisions = {p["point"]: p["decision"] for p in _points(plan.name, root)}
     if plan.stop_rule is not None:
@@ -99,6 +103,24 @@ def _tables(plan: Plan, root: str, opts: Options) -> dict[str, Any]:
                                           f"{len(point_rows)} points; CSV: {paths['csv']}")
     return {"campaign": plan.name, "rows": rows, "points": point_rows, "decisions": decisions,
             **paths}
+
+
+def _default_plot(name: str, frame: Any, root: str) -> str | None:
+    """The sweep's own plot (a varying parameter against a metric) beside its tables,
+    attached to the flow run; warnings when its runs' environments differ in what matters."""
+    logger = get_run_logger() if FlowRunContext.get() is not None else None
+    for warning in environment_warnings(frame):
+        if logger is not None:
+            logger.warning("campaign %s: %s", name, warning)
+    done = frame[frame["state"] == DONE]
+    done.attrs.update(frame.attrs)
+    path = default_plot(done, campaign_dir(name, root), title=f"campaign {name}") if len(done) else None
+    if path is None:
+        return None
+    if FlowRunContext.get() is not None:
+        attach_plot(path, f"campaign {name}", key=artifact_key(name, "plot"),
+                    flow_run_id=FlowRunContext.get().flow_run.id)
+    return str(path)
 
 
 def _points(name: str, root: str) -> list[dict[str, Any]]:

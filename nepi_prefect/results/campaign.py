@@ -41,7 +41,7 @@ def _frame(store: CampaignStore) -> pd.DataFrame:
     for m in metrics:
         frame[m] = pd.to_numeric(frame[m], errors="coerce").astype("float64")
     frame["rep"] = frame["rep"].astype("int64")
-    frame.attrs.update(campaign=store.name, params=params, metrics=metrics)
+    frame.attrs.update(campaign=store.name, parameters=params, metrics=metrics)
     return frame
 
 
@@ -50,7 +50,8 @@ def campaign_frame(name: str, root: str | None = None) -> pd.DataFrame:
     run_dir, flow_run_id``, one column per swept ``NAME.ATTR`` (typed values), one float
     column per metric ``<resource>.<metric>``, then ``attempt, worker, error, started, ended``.
 
-    ``frame.attrs`` holds ``params`` and ``metrics`` (the column names of each kind).
+    ``frame.attrs`` holds ``parameters`` and ``metrics`` (the column names of each kind),
+    as in :func:`nepi_prefect.results.query.runs_frame`.
     FileNotFoundError if there is no such campaign.
     """
     store = CampaignStore.open(name, root, create=False)
@@ -83,7 +84,7 @@ def point_stats(frame: pd.DataFrame, metrics: list[str] | None = None) -> pd.Dat
     """Per point: the parameters, ``runs``, ``done``, ``failed``, and for each metric
     ``<metric>.mean``, ``<metric>.ci95`` (half-width, NEPI's normal rule) and ``<metric>.n``
     over the runs that finished."""
-    params = frame.attrs.get("params") or []
+    params = frame.attrs.get("parameters") or []
     metrics = metrics if metrics is not None else (frame.attrs.get("metrics") or [])
     rows = []
     for point, group in frame.groupby("point", sort=False):
