@@ -46,6 +46,8 @@ class Flags:
     Reserved = 1 << 6
     #: Applies to every resource of the type.
     Global = 1 << 7
+    #: The resource cannot deploy without a value: ``validate`` and ``deploy`` refuse it.
+    Required = 1 << 8
 
 
 _FLAG_NAMES = {
@@ -57,6 +59,7 @@ _FLAG_NAMES = {
     "Filter": 1 << 5,
     "Reserved": Flags.Reserved,
     "Global": Flags.Global,
+    "Required": Flags.Required,
 }
 
 
@@ -74,10 +77,10 @@ def _adapter(type_: str) -> TypeAdapter:
         Types.Integer: int,
         Types.Double: float,
     }[type_]
-    # Numbers are accepted for strings ("port" given as 22 to a String
-    # attribute is common in NEPI scripts); booleans are not numbers here.
+    # A number given to a String attribute (hostname=123) is refused rather than
+    # silently turned into text: it is nearly always a mistake in the script.
     if python_type is str:
-        return TypeAdapter(str, config=ConfigDict(coerce_numbers_to_str=True))
+        return TypeAdapter(str, config=ConfigDict(strict=True))
     if python_type is int:
         return TypeAdapter(int)
     return TypeAdapter(python_type)

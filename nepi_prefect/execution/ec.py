@@ -15,13 +15,18 @@ import os
 from typing import Any, Callable, Iterable
 
 from nepi_prefect import settings
-from nepi_prefect.execution import exitguard, persistence, report
+from nepi_prefect.execution import checks, exitguard, persistence, report
 from nepi_prefect.execution.attribute import Flags
-from nepi_prefect.execution.conditions import Condition, as_guids, checked_condition
+from nepi_prefect.execution.conditions import Condition, checked_condition
 from nepi_prefect.execution.coordination import Coordinator
 from nepi_prefect.execution.dispatch import Dispatch
 from nepi_prefect.execution.environment import record_environment
-from nepi_prefect.execution.errors import ExperimentStateError, InvalidInputError, listing
+from nepi_prefect.execution.errors import (
+    AttributeValueError,
+    ExperimentStateError,
+    InvalidInputError,
+    listing,
+)
 from nepi_prefect.execution.failures import ExperimentStatus, FailurePolicy
 from nepi_prefect.execution.ledger import RunLedger
 from nepi_prefect.execution.logs import LogRouter
@@ -66,8 +71,9 @@ class ExperimentController:
     def __init__(self, exp_id: str | None = None, local_dir: str | None = None,
                  nthreads: int | None = None, recorder: Recorder | None = None,
                  release_timeout: float = 600.0, run_id: str | None = None):
-        self._exp_id = exp_id or f"exp-{os.urandom(8).hex()}"
-        self._run_id = run_id or tsformat()
+        self._exp_id = (f"exp-{os.urandom(8).hex()}" if exp_id is None
+                        else checks.safe_identifier("exp_id", exp_id))
+        self._run_id = tsformat() if run_id is None else checks.safe_identifier("run_id", run_id)
         self._local_dir = settings.results_root(local_dir)
         self._resources = ResourceRegistry()
         self._end_guids: list[int] | None = None
@@ -144,6 +150,7 @@ class ExperimentController:
 
     def register_resource(self, rtype: str, guid: int | None = None) -> int:
         """Create an RM of ``rtype``; returns its guid."""
+        self._require_open("register a resource")
         return self._resources.create(self, rtype, guid)
 
     def get_attributes(self, guid: int) -> list:
@@ -154,14 +161,22 @@ class ExperimentController:
 
     def set(self, guid: int, name: str, value: Any) -> Any:
         """Set an attribute (validated now; Design attributes only before deploy)."""
+        self._require_open("set an attribute")
         rm = self.get_resource(guid)
         if rm.get_attribute(name).has_flag(Flags.NoWrite):
             raise InvalidInputError(f"{rm.get_rtype()} {guid}: {name!r} is read-only")
-        return rm.set(name, value)
+        if name in type(rm)._shell_word_attributes:
+            checks.shell_words(f"{rm.get_rtype()} {guid}", name, value)
+        try:
+            return rm.set(name, value)
+        except AttributeValueError as exc:
+            raise AttributeValueError(f"{rm.get_rtype()} {guid}: {exc}") from None
 
     def register_connection(self, guid1: int, guid2: int) -> None:
-        """Connect two RMs (order does not matter)."""
+        """Connect two RMs (order does not matter); both types must accept it."""
+        self._require_open("register a connection")
         rm1, rm2 = self.get_resource(guid1), self.get_resource(guid2)
+        checks.refuse_connection(rm1, rm2)
         rm1.register_connection(guid2)
         try:
             rm2.register_connection(guid1)
@@ -182,14 +197,21 @@ class ExperimentController:
                            time: str | None = None) -> None:
         """``action`` (START or STOP) of every RM in ``guids1`` waits until every
         RM in ``guids2`` reached ``state``, plus ``time`` counted from when each did."""
+        self._require_open("register a condition")
         cond = self._condition(action, guids2, state, time)
-        for rm in self._resources.many(guids1):
+        rms = self._resources.many(guids1)
+        planned = checks.conditions_of(self._resources)
+        for rm in rms:
+            planned.setdefault(rm.guid, {}).setdefault(action, []).append(cond)
+        checks.refuse_cycle(planned, "register_condition")
+        for rm in rms:
             rm.add_condition(action, cond)
 
     def set_with_conditions(self, name: str, value: Any, guids1, guids2, state: int,
                             time: str | None = None) -> None:
         """Set ``name`` to ``value`` on ``guids1`` once they are STARTED and every RM
         in ``guids2`` reached ``state`` (plus ``time``)."""
+        self._require_open("set with conditions")
         cond = self._condition(ResourceAction.START, guids2, state, time)
         for rm in self._resources.many(guids1):
             value = rm.get_attribute(name).validate(value)
@@ -197,6 +219,7 @@ class ExperimentController:
 
     # -- traces ---------------------------------------------------------------
     def enable_trace(self, guid: int, name: str) -> None:
+        self._require_open("enable a trace")
         self.get_resource(guid).enable_trace(name)
 
     def trace_enabled(self, guid: int, name: str) -> bool:
@@ -263,13 +286,22 @@ class ExperimentController:
         started are not started again.
         """
         self._status.require_running("deploy")
-        if as_guids(guids):
+        group = checks.group_id(group)
+        if checks.guid_list(guids, "deploy guids"):
             rms = [rm for rm in self._resources.many(guids) if rm.deployment_group is None]
         else:
             rms = [rm for rm in self._resources
                    if rm.state == S.NEW and rm.deployment_group is None]
+        checks.refuse_cycle(checks.conditions_of(self._resources), "deploy")
+        checks.refuse_missing_required(rms)
         if rms:
             self._coordination.deploy(rms, wait_all_ready, group)
+
+    def _require_open(self, what: str) -> None:
+        if self._closed:
+            raise ExperimentStateError(
+                f"cannot {what}: experiment {self._exp_id} is shut down; "
+                f"create a new ExperimentController")
 
     # -- dispatching -----------------------------------------------------------------
     def schedule(self, date: Any, callback: Callable[[], Any], track: bool = False) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterable, Iterator
 
-from nepi_prefect.execution.conditions import as_guids
+from nepi_prefect.execution.checks import guid_list
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceError, listing
 from nepi_prefect.execution.factory import ResourceFactory
 from nepi_prefect.execution.resource import ResourceManager
@@ -44,7 +44,7 @@ class ResourceRegistry:
 
     def many(self, guids: int | Iterable[int] | None) -> list[ResourceManager]:
         """The RMs of ``guids`` (one, several or None for none); unknown ones raise."""
-        return [self.get(g) for g in as_guids(guids)]
+        return [self.get(g) for g in guid_list(guids)]
 
     def __contains__(self, guid: object) -> bool:
         return guid in self._by_guid

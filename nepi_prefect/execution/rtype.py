@@ -39,6 +39,14 @@ class ResourceType:
     #: True for RMs that reach FINISHED on their own (applications); False for
     #: those that stay up until stopped or released (nodes, captures, collectors)
     _finishes_by_itself = False
+    #: rtypes (or base rtypes) this type may be connected to; None: anything (the
+    #: default, so NEPI-style RMs that declare nothing keep connecting freely).
+    #: A type that declares a list refuses other declaring types not on it.
+    _connects_to: tuple[str, ...] | None = None
+    #: at most this many connections to RMs of an rtype (or a subtype), e.g. {"LinuxNode": 1}
+    _connects_at_most: dict[str, int] = {}
+    #: String attributes the RM splits into shell words: an unbalanced quote is refused at set
+    _shell_word_attributes: tuple[str, ...] = ()
 
     @classmethod
     def _register_attribute(cls, attr: Attribute) -> None:
@@ -96,6 +104,34 @@ class ResourceType:
     def finishes_by_itself(cls) -> bool:
         """Whether an experiment waiting for its end should wait for this RM."""
         return cls._finishes_by_itself
+
+    @classmethod
+    def connects_to(cls) -> tuple[str, ...] | None:
+        """The rtypes this type may be connected to (None: any)."""
+        return cls._connects_to
+
+    @classmethod
+    def accepts_connection(cls, other: type["ResourceType"]) -> bool:
+        """Whether an RM of this type may be connected to one of ``other``.
+
+        A type without a declaration accepts anything and is accepted by anything,
+        so third-party RMs written for NEPI keep working.
+        """
+        mine, theirs = cls.connects_to(), other.connects_to()
+        if mine is None or theirs is None:
+            return True
+        return bool(set(mine) & other._rtype_chain())
+
+    @classmethod
+    def limited_rtype(cls, other: type["ResourceType"]) -> str | None:
+        """The rtype of ``_connects_at_most`` that ``other`` falls under, if any."""
+        return next((r for r in cls._connects_at_most if r in other._rtype_chain()), None)
+
+    @classmethod
+    def connection_limit(cls, other: type["ResourceType"]) -> int | None:
+        """How many RMs like ``other`` this type may be connected to (None: no limit)."""
+        rtype = cls.limited_rtype(other)
+        return None if rtype is None else cls._connects_at_most[rtype]
 
     @classmethod
     def get_attributes(cls) -> list[Attribute]:

@@ -6,9 +6,11 @@ Every problem is reported at once, each with the path inside the document
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from nepi_prefect.execution import checks
 from nepi_prefect.execution.errors import (
     AttributeValueError,
     InvalidInputError,
@@ -87,6 +89,7 @@ def validate_description(desc: ExperimentDescription, source: str | None = None)
         _check_name(name, names, f"wait_for[{i}]", issues)
     if desc.timeout is not None:
         _check_time(desc.timeout, "timeout", issues)
+    _check_refusals(desc, names, issues)
     if issues:
         raise DescriptionError(source, issues)
 
@@ -214,3 +217,73 @@ def state_value(name: str) -> int:
 def action_value(name: str) -> int:
     """``"START"`` -> ``ResourceAction.START``."""
     return {n: v for v, n in ResourceAction2str.items()}[name.upper()]
+
+
+# -- what the EC would refuse at its calls, found before anything is built ------------
+def _check_refusals(desc: ExperimentDescription, names: set[str], issues: list[Issue]) -> None:
+    if not desc.resources:
+        issues.append(Issue("resources", "no resources", "at least one resource"))
+    if desc.name is not None and checks.identifier_problem(desc.name):
+        issues.append(Issue("name", f"unsafe experiment name: {checks.identifier_problem(desc.name)}",
+                            checks.SAFE_IDENTIFIER_TEXT))
+    for i, res in enumerate(desc.resources):
+        if checks.identifier_problem(res.name):
+            issues.append(Issue(f"resources[{i}].name",
+                                f"unsafe name: {checks.identifier_problem(res.name)}",
+                                checks.SAFE_IDENTIFIER_TEXT))
+        _check_env_and_required(res, f"resources[{i}]", issues)
+    _check_connection_types(desc, names, issues)
+    conds: dict[str, dict[int, list]] = {n: {} for n in names}
+    for cond in desc.conditions:
+        if cond.action.upper() not in ACTIONS or cond.state.upper() not in CONDITION_STATES:
+            continue  # reported above
+        for name in cond.resources:
+            conds.setdefault(name, {}).setdefault(action_value(cond.action), []).append(
+                (cond.wait_for, state_value(cond.state)))
+    cycle = checks.find_cycle(checks.condition_edges(conds))
+    if cycle:
+        issues.append(Issue("conditions", "a cycle of conditions that can never be met: "
+                            + "; ".join(cycle), "conditions without a cycle"))
+
+
+def _check_env_and_required(res: ResourceSpec, path: str, issues: list[Issue]) -> None:
+    for name, value in res.attributes.items():
+        var = env_reference(value)
+        if var is not None and var not in os.environ:
+            issues.append(Issue(f"{path}.attributes.{name}",
+                                f"environment variable {var} is not set",
+                                f"{var} to be set in the environment"))
+    try:
+        rclass = resource_class(res.rtype)
+    except UnknownResourceTypeError:
+        return  # reported by _check_resource
+    if res.from_inventory is not None:
+        return  # the inventory fills node attributes
+    for missing in checks.missing_required(res.rtype, res.name, rclass.get_attributes(),
+                                           res.attributes):
+        issues.append(Issue(f"{path}.attributes", f"required attribute missing: {missing}",
+                            "a value for every required attribute"))
+
+
+def _check_connection_types(desc: ExperimentDescription, names: set[str],
+                            issues: list[Issue]) -> None:
+    classes: dict[str, type] = {}
+    for res in desc.resources:
+        try:
+            classes[res.name] = resource_class(res.rtype)
+        except UnknownResourceTypeError:
+            pass
+    linked: dict[str, list[str]] = {n: [] for n in classes}
+    for i, pair in enumerate(desc.connections):
+        if len(pair) != 2 or not all(n in classes for n in pair):
+            continue  # reported above
+        for a, b in (pair, pair[::-1]):
+            limited = classes[a].limited_rtype(classes[b])
+            same = sum(1 for o in linked[a] if limited in classes[o]._rtype_chain())
+            problem = checks.connection_problem(classes[a], a, classes[b], b, same)
+            if problem:
+                issues.append(Issue(f"connections[{i}]", problem, "connections the types accept"))
+                break
+        else:
+            linked[pair[0]].append(pair[1])
+            linked[pair[1]].append(pair[0])

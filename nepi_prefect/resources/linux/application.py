@@ -53,6 +53,7 @@ class LinuxApplication(ResourceManager):
     _help = "Runs a command on a LinuxNode, detached from the SSH session; traces its output."
     _platform = "linux"
     _finishes_by_itself = True
+    _connects_to, _connects_at_most, _shell_word_attributes = ("LinuxNode", "Collector"), {"LinuxNode": 1}, ("env",)
 
     @classmethod
     def _register_attributes(cls) -> None:

@@ -44,6 +44,7 @@ class LinuxNode(ResourceManager):
     _rtype = "LinuxNode"
     _help = "A Linux host reached over SSH; hostname 'localhost' runs locally without SSH."
     _platform = "linux"
+    _connects_to = ("LinuxApplication", "Collector")  # apps run on one node; nodes do not connect
 
     @classmethod
     def _register_attributes(cls) -> None:

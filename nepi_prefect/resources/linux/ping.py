@@ -24,7 +24,8 @@ class LinuxPing(LinuxMeasurement):
         D = Flags.Design
         cls._register_attribute(Attribute(
             "depends", "Packages to install", default="iputils-ping", flags=D))
-        cls._register_attribute(Attribute("target", "Host name or address to ping", flags=D))
+        cls._register_attribute(Attribute("target", "Host name or address to ping",
+                                          flags=D | Flags.Required))
         for name, help_, type_, rng in (
             ("count", "Stop after sending this many requests (-c); unset: until stopped",
              Types.Integer, (1, None)),

@@ -24,7 +24,8 @@ class LinuxTraceroute(LinuxMeasurement):
         D = Flags.Design
         cls._register_attribute(Attribute(
             "depends", "Packages to install", default="traceroute", flags=D))
-        cls._register_attribute(Attribute("target", "Host name or address to trace", flags=D))
+        cls._register_attribute(Attribute("target", "Host name or address to trace",
+                                          flags=D | Flags.Required))
         for name, help_, type_, rng in (
             ("maxHops", "Largest TTL probed (-m)", Types.Integer, (1, 255)),
             ("firstHop", "TTL of the first probe (-f)", Types.Integer, (1, 255)),
