@@ -69,6 +69,7 @@ def test_the_node_does_not_import_its_applications():
 ENV_READERS = {
     "settings.py": "the home of every project setting",
     "spec/io.py": "a description's {\"env\": VAR} values are user data, read where they are used",
+    "spec/validate.py": "validate says which of a description's {\"env\": VAR} variables are unset",
 }
 
 
