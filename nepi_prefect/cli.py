@@ -208,6 +208,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown resource type {args.rtype!r}; known types: "
                          f"{listing(ResourceFactory.resource_types())}") from None
     out.print(f"[bold]{args.rtype}[/bold]: {rclass.get_help()}")
+    if rclass.connects_to() is not None:
+        limits = "".join(f" (at most {n} {r})" for r, n in rclass.connection_limits().items())
+        out.print(f"connects to: {', '.join(rclass.connects_to())}{limits}")
     attrs = Table(title="attributes", title_justify="left")
     for col in ("name", "type", "default", "flags", "values", "help"):
         attrs.add_column(col)

@@ -323,3 +323,11 @@ def test_node_without_hostname_says_so(tmp_path):
         assert "hostname" in text, text
     finally:
         ec.shutdown()
+
+
+def test_describe_marks_required_and_connections(capsys):
+    assert main(["describe", "LinuxPing"]) == 0
+    text = capsys.readouterr().out
+    target = next(line for line in text.splitlines() if " target " in line)
+    assert "Required" in target
+    assert "connects to: LinuxNode, Collector (at most 1 LinuxNode)" in text

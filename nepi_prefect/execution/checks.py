@@ -12,7 +12,7 @@ import shlex
 from typing import Any, Iterable, Mapping
 
 from nepi_prefect.execution.attribute import Flags
-from nepi_prefect.execution.errors import InvalidInputError
+from nepi_prefect.execution.errors import AttributeValueError, InvalidInputError
 from nepi_prefect.execution.states import ResourceAction, ResourceState
 
 #: identifiers that become file names: exp_id, run_id, resource names
@@ -78,6 +78,18 @@ def shell_words(owner: str, name: str, value: Any) -> None:
         raise InvalidInputError(
             f"{owner}: attribute {name!r}: {value!r} cannot be split into shell words "
             f"({exc}); expected space-separated NAME=value pairs with balanced quotes") from None
+
+
+def set_checked(rm: Any, name: str, value: Any) -> Any:
+    """``rm.set(name, value)``; a refused value's error names the RM, the attribute and
+    the value, and a shell-word attribute with an unbalanced quote is refused."""
+    owner = f"{rm.get_rtype()} {rm.guid}"
+    if name in type(rm)._shell_word_attributes:
+        shell_words(owner, name, value)
+    try:
+        return rm.set(name, value)
+    except AttributeValueError as exc:
+        raise AttributeValueError(f"{owner}: {exc}") from None
 
 
 # -- condition cycles ----------------------------------------------------------
@@ -189,6 +201,15 @@ def missing_required(rtype: str, guid: Any, attributes: Iterable[Any],
 def conditions_of(resources: Iterable[Any]) -> dict[int, dict[int, list[Any]]]:
     """Every RM's conditions by guid and action (copies, safe to extend)."""
     return {rm.guid: {a: list(c) for a, c in rm.conditions.items()} for rm in resources}
+
+
+def refuse_new_cycle(resources: Iterable[Any], rms: Iterable[Any], action: int,
+                     cond: Any) -> None:
+    """InvalidInputError if gating ``action`` of ``rms`` on ``cond`` closes a cycle."""
+    planned = conditions_of(resources)
+    for rm in rms:
+        planned.setdefault(rm.guid, {}).setdefault(action, []).append(cond)
+    refuse_cycle(planned, "register_condition")
 
 
 def refuse_connection(rm1: Any, rm2: Any) -> None:

@@ -21,12 +21,7 @@ from nepi_prefect.execution.conditions import Condition, checked_condition
 from nepi_prefect.execution.coordination import Coordinator
 from nepi_prefect.execution.dispatch import Dispatch
 from nepi_prefect.execution.environment import record_environment
-from nepi_prefect.execution.errors import (
-    AttributeValueError,
-    ExperimentStateError,
-    InvalidInputError,
-    listing,
-)
+from nepi_prefect.execution.errors import ExperimentStateError, InvalidInputError, listing
 from nepi_prefect.execution.failures import ExperimentStatus, FailurePolicy
 from nepi_prefect.execution.ledger import RunLedger
 from nepi_prefect.execution.logs import LogRouter
@@ -165,12 +160,7 @@ class ExperimentController:
         rm = self.get_resource(guid)
         if rm.get_attribute(name).has_flag(Flags.NoWrite):
             raise InvalidInputError(f"{rm.get_rtype()} {guid}: {name!r} is read-only")
-        if name in type(rm)._shell_word_attributes:
-            checks.shell_words(f"{rm.get_rtype()} {guid}", name, value)
-        try:
-            return rm.set(name, value)
-        except AttributeValueError as exc:
-            raise AttributeValueError(f"{rm.get_rtype()} {guid}: {exc}") from None
+        return checks.set_checked(rm, name, value)
 
     def register_connection(self, guid1: int, guid2: int) -> None:
         """Connect two RMs (order does not matter); both types must accept it."""
@@ -200,10 +190,7 @@ class ExperimentController:
         self._require_open("register a condition")
         cond = self._condition(action, guids2, state, time)
         rms = self._resources.many(guids1)
-        planned = checks.conditions_of(self._resources)
-        for rm in rms:
-            planned.setdefault(rm.guid, {}).setdefault(action, []).append(cond)
-        checks.refuse_cycle(planned, "register_condition")
+        checks.refuse_new_cycle(self._resources, rms, action, cond)
         for rm in rms:
             rm.add_condition(action, cond)
 
@@ -299,9 +286,8 @@ class ExperimentController:
 
     def _require_open(self, what: str) -> None:
         if self._closed:
-            raise ExperimentStateError(
-                f"cannot {what}: experiment {self._exp_id} is shut down; "
-                f"create a new ExperimentController")
+            raise ExperimentStateError(f"cannot {what}: experiment {self._exp_id} is shut down; "
+                                       f"create a new ExperimentController")
 
     # -- dispatching -----------------------------------------------------------------
     def schedule(self, date: Any, callback: Callable[[], Any], track: bool = False) -> int:

@@ -123,6 +123,11 @@ class ResourceType:
         return bool(set(mine) & other._rtype_chain())
 
     @classmethod
+    def connection_limits(cls) -> dict[str, int]:
+        """At most how many RMs of each rtype this type may be connected to."""
+        return dict(cls._connects_at_most)
+
+    @classmethod
     def limited_rtype(cls, other: type["ResourceType"]) -> str | None:
         """The rtype of ``_connects_at_most`` that ``other`` falls under, if any."""
         return next((r for r in cls._connects_at_most if r in other._rtype_chain()), None)
