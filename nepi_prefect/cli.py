@@ -152,7 +152,10 @@ def run_description(desc: Any, source: str, args: argparse.Namespace,
             err.print(f"[red]{res.get('name') or res['guid']}[/red] ({res['rtype']} {res['guid']}) "
                       f"failed: {res['failure']}", markup=True, highlight=False)
     if not ended_well(summary):
-        err.print(f"[red]experiment FAILED[/red]: {summary.get('failure')}")
+        for line in summary.get("lost") or ():
+            err.print(Text(f"lost: {line}", style="red"))
+        err.print(f"[red]experiment {summary.get('state')}[/red]: "
+                  f"{summary.get('failure') or 'not every result was written'}")
         return EXIT_FAILED
     if not runlog.record_delivered(ec.recorder, err):
         return EXIT_UNRECORDED

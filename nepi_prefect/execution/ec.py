@@ -72,6 +72,7 @@ class ExperimentController:
         self._local_dir = settings.results_root(local_dir)
         self._resources = ResourceRegistry()
         self._end_guids: list[int] | None = None
+        self._lost: list[str] = []  # results the engine could not write (summary.json)
         self._closed = False
         self._logger = logging.getLogger("ExperimentController")
         self._recorder = recorder if recorder is not None else default_recorder()
@@ -394,7 +395,10 @@ class ExperimentController:
             self._dispatch.stop()
             summary = self.summary()
             summary["manifest"] = record_environment(self)
-            report.write_summary(self.run_dir, summary, self._logger)
+            lost = report.write_summary(self.run_dir, summary, self._logger)
+            if lost:
+                self._lost.append(lost)
+                summary = {**self.summary(), "manifest": summary["manifest"]}
             self._recorder.close(self, summary)
             exitguard.forget(self)
 
@@ -414,7 +418,7 @@ class ExperimentController:
     def summary(self) -> dict[str, Any]:
         """What happened, RM by RM: rtype, guid, outcome, transition times, traces."""
         return report.summary(self._exp_id, self._run_id, self.run_dir, self._status.failure,
-                              self._resources)
+                              self._resources, self._lost)
 
     # -- persistence (the description format is registered by nepi_prefect.spec) ---------
     def save(self, path: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Iterable, TextIO
 
 from nepi_prefect.execution.resource import ResourceManager
 from nepi_prefect.execution.states import STATE_TIME_ATTR, ResourceState, ResourceState2str
+from nepi_prefect.util.files import atomic_file
 
 S = ResourceState
 #: the furthest state wins, FAILED first
@@ -34,27 +35,40 @@ def resource_summary(rm: ResourceManager) -> dict[str, Any]:
 
 
 def summary(exp_id: str, run_id: str, run_dir: str, failure: str | None,
-            rms: Iterable[ResourceManager]) -> dict[str, Any]:
-    """What happened in one run, RM by RM (sorted by guid), and host by host."""
+            rms: Iterable[ResourceManager], lost: Iterable[str] = ()) -> dict[str, Any]:
+    """What happened in one run, RM by RM (sorted by guid), and host by host.
+
+    A run whose results were not all written (``lost``, and what each RM reports
+    through ``lost_results()``) is INCOMPLETE, not COMPLETED, and says what was lost.
+    """
     rms = sorted(rms, key=lambda r: r.guid)
+    lost = list(lost) + [line for rm in rms for line in rm.lost_results()]
     data = {"exp_id": exp_id, "run_id": run_id,
-            "state": "FAILED" if failure else "COMPLETED",
+            "state": "FAILED" if failure else "INCOMPLETE" if lost else "COMPLETED",
             "failure": failure, "run_dir": run_dir,
             "resources": [resource_summary(rm) for rm in rms]}
+    if lost:
+        data["lost"] = lost
     hosts = [report for rm in rms if (report := rm.host_report()) is not None]
     if hosts:  # which hosts did their part and which failed, and why
         data["hosts"] = hosts
     return data
 
 
-def write_summary(run_dir: str, data: dict[str, Any], logger: logging.Logger) -> None:
-    """Keep ``summary.json`` in ``run_dir`` (``nepi-prefect results`` reads it)."""
+def write_summary(run_dir: str, data: dict[str, Any], logger: logging.Logger) -> str | None:
+    """Keep ``summary.json`` in ``run_dir`` (``nepi-prefect results`` reads it).
+
+    Written under a temporary name and renamed, so a reader never sees half a
+    file and a failed write leaves the previous one. Returns None, or what was lost.
+    """
     try:
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "summary.json"), "w") as out:
+        with atomic_file(os.path.join(run_dir, "summary.json"), "w") as out:
             write_json(out, data)
     except OSError as exc:
-        logger.warning("could not write the run summary in %s: %s", run_dir, exc)
+        logger.error("could not write the run summary in %s: %s", run_dir, exc)
+        return f"summary.json: {exc}"
+    return None
 
 
 def write_json(out: TextIO, data: dict[str, Any]) -> None:

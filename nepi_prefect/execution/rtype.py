@@ -105,6 +105,11 @@ class ResourceType:
         """Whether an experiment waiting for its end should wait for this RM."""
         return cls._finishes_by_itself
 
+    def lost_results(self) -> list[str]:
+        """What this RM failed to write into the run directory, one line each (a trace
+        it could not collect, say). The summary lists them and marks the run INCOMPLETE."""
+        return []
+
     @classmethod
     def connects_to(cls) -> tuple[str, ...] | None:
         """The rtypes this type may be connected to (None: any)."""

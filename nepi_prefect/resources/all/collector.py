@@ -23,6 +23,7 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.transport.base import Transport
+from nepi_prefect.util.files import atomic_file
 
 #: bytes read from the host per request when copying a trace file
 CHUNK = 4 * 1024 * 1024
@@ -71,6 +72,11 @@ class Collector(ResourceManager):
         super().__init__(ec, guid)
         #: local path of each collected file, by source guid
         self.files: dict[int, str] = {}
+        #: traces that could not be written, one line each (the summary lists them)
+        self._lost: list[str] = []
+
+    def lost_results(self) -> list[str]:
+        return list(self._lost)
 
     # -- life cycle ----------------------------------------------------------------
     def do_deploy(self) -> None:
@@ -111,8 +117,9 @@ class Collector(ResourceManager):
             try:
                 path = self._collect_one(rm)
             except Exception as exc:  # one broken source must not lose the others' traces
-                self.warning(f"could not collect {self.get('traceName')!r} of "
-                             f"{rm.get_rtype()} {rm.guid}: {exc}")
+                what = f"{self.get('traceName')!r} of {rm.get_rtype()} {rm.guid}"
+                self.warning(f"could not collect {what}: {exc}")
+                self._lost.append(f"{what} (into {self.target_path(rm)}): {exc}")
                 continue
             if path:
                 self.files[rm.guid] = path
@@ -154,7 +161,7 @@ class Collector(ResourceManager):
         if content is None:
             return False
         data = content if isinstance(content, bytes) else str(content).encode()
-        with open(path, "wb") as out:
+        with atomic_file(path) as out:
             out.write(data)
         return True
 
@@ -178,18 +185,23 @@ def _remote_file(rm: ResourceManager, name: str) -> tuple[Transport, str] | None
 
 def _download(transport: Transport, remote: str, local: str) -> bool:
     """Copy a host file in chunks (pcaps can be large); False if it is missing."""
-    offset = 0
-    with open(local + ".part", "wb") as out:
-        while True:
-            data = transport.read(remote, offset, CHUNK)
-            if data is None:
-                break
-            out.write(data)
-            offset += len(data)
-            if len(data) < CHUNK:
-                break
-    if offset == 0 and transport.size(remote) is None:
-        os.unlink(local + ".part")
+    try:
+        with atomic_file(local) as out:  # a failed copy leaves no partial file behind
+            offset = 0
+            while True:
+                data = transport.read(remote, offset, CHUNK)
+                if data is None:
+                    break
+                out.write(data)
+                offset += len(data)
+                if len(data) < CHUNK:
+                    break
+            if offset == 0 and transport.size(remote) is None:
+                raise _Missing(remote)
+    except _Missing:
         return False
-    os.replace(local + ".part", local)
     return True
+
+
+class _Missing(Exception):
+    """The host has no such file (nothing to keep)."""
