@@ -19,6 +19,7 @@ from nepi_prefect.cli import main
 from nepi_prefect.execution import report
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.recording import Recorder
+from tests.helpers import wait_until
 
 BIG = 200_000  # bytes of output: more than the 64 KiB tmpfs holds
 SMALL_TEXT = "kept-output"
@@ -140,3 +141,42 @@ def test_cli_run_exits_non_zero_when_results_are_lost(tmpfs, tmp_path, capsys):
     assert on_disk["state"] == "INCOMPLETE"
     assert leftovers(tmpfs) == []
     assert os.path.exists(runs[0] / "experiment.yaml")
+
+
+def test_run_state_file_follows_the_run(tmp_path):
+    """run-state.json is in the run directory while the run goes (hosts, paths,
+    states) and holds the final states after shutdown."""
+    ec = ExperimentController(exp_id="state", local_dir=str(tmp_path / "r"), recorder=Recorder())
+    node = ec.register_resource("LinuxNode")
+    ec.set(node, "hostname", "localhost")
+    ec.set(node, "home", str(tmp_path / "home"))
+    app = ec.register_resource("LinuxApplication")
+    ec.set(app, "command", "sleep 60")
+    ec.register_connection(app, node)
+    path = Path(ec.run_dir) / "run-state.json"
+    try:
+        ec.deploy()
+        assert ec.wait_started(app, timeout=120)
+
+        def app_started() -> dict | None:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                return None
+            rows = {r["guid"]: r for r in data["resources"]}
+            return data if rows[app]["state"] == "STARTED" else None
+
+        data = wait_until(app_started, timeout=30)
+        rows = {r["guid"]: r for r in data["resources"]}
+        assert data["exp_id"] == "state" and data["pid"] == os.getpid()
+        assert data["ecstate"] == "RUNNING"
+        assert rows[node]["hostname"] == "localhost"
+        assert rows[node]["node_home"] == str(tmp_path / "home" / ".nepi-prefect")
+        assert rows[app]["run_home"].startswith(rows[node]["node_home"])
+        assert rows[app]["connections"] == [node] and rows[app]["rtype"] == "LinuxApplication"
+    finally:
+        ec.shutdown()
+    data = json.loads(path.read_text())
+    assert data["ecstate"] == "TERMINATED"
+    assert {r["state"] for r in data["resources"]} == {"RELEASED"}
+    assert leftovers(Path(ec.run_dir)) == []

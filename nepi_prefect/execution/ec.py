@@ -15,7 +15,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from nepi_prefect import settings
-from nepi_prefect.execution import checks, exitguard, persistence, report
+from nepi_prefect.execution import checks, exitguard, persistence, report, runstate
 from nepi_prefect.execution.attribute import Flags
 from nepi_prefect.execution.conditions import Condition, checked_condition
 from nepi_prefect.execution.coordination import Coordinator
@@ -89,6 +89,8 @@ class ExperimentController:
         self._release = Releaser(self._resources.get, self._resources.__contains__, self._ledger,
                                  self._dispatch, self._coordination, self._wait_released,
                                  self._logger, release_timeout)
+        self._run_state = runstate.RunStateFile(self.run_dir, self._run_state_document,
+                                                self._logger)
         self._recorder.open(self)
         exitguard.guard(self)
 
@@ -284,6 +286,7 @@ class ExperimentController:
         checks.refuse_missing_required(rms)
         if rms:
             self._coordination.deploy(rms, wait_all_ready, group)
+            self._run_state.changed()
 
     def _require_open(self, what: str) -> None:
         if self._closed:
@@ -308,6 +311,7 @@ class ExperimentController:
             self._failures.rm_failed(rm)
         self._coordination.watchers.state_changed(rm)
         self._waiters.notify()
+        self._run_state.changed()
 
     def register_secret(self, value: Any) -> None:
         """Mask ``value`` in every log line of this experiment (a password, a key).
@@ -393,6 +397,7 @@ class ExperimentController:
             self._status.terminate()
             self._waiters.notify()
             self._dispatch.stop()
+            self._run_state.close()
             summary = self.summary()
             summary["manifest"] = record_environment(self)
             lost = report.write_summary(self.run_dir, summary, self._logger)
@@ -411,6 +416,10 @@ class ExperimentController:
         self._release.timeout = min(self._release.timeout, 30.0)
         self._recorder.abandon(self, reason)
         self.shutdown()
+
+    def _run_state_document(self) -> dict[str, Any]:
+        return runstate.run_state(self._exp_id, self._run_id, self.run_dir,
+                                  ECState2str[self._status.state], self._resources)
 
     # -- summary -------------------------------------------------------------------------
     outcome = staticmethod(report.outcome)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any
 
 from nepi_prefect.execution.attribute import Attribute
 from nepi_prefect.execution.errors import UnknownAttributeError, UnknownTraceError, listing
@@ -47,6 +48,8 @@ class ResourceType:
     _connects_at_most: dict[str, int] = {}
     #: String attributes the RM splits into shell words: an unbalanced quote is refused at set
     _shell_word_attributes: tuple[str, ...] = ()
+    #: attributes or properties the run-state file records (host, home, run directory)
+    _run_state_fields: tuple[str, ...] = ()
 
     @classmethod
     def _register_attribute(cls, attr: Attribute) -> None:
@@ -104,6 +107,20 @@ class ResourceType:
     def finishes_by_itself(cls) -> bool:
         """Whether an experiment waiting for its end should wait for this RM."""
         return cls._finishes_by_itself
+
+    def run_state(self) -> dict[str, Any]:
+        """What a later process needs to find this RM's leftovers on its host (the
+        run-state file records it): the ``_run_state_fields`` that have a value now.
+        Override to report more."""
+        out = {}
+        for name in self._run_state_fields:
+            try:
+                value = self.get(name) if self.has_attribute(name) else getattr(self, name)
+            except Exception:  # not known yet (a home before deploy)
+                continue
+            if value not in (None, ""):
+                out[name] = value
+        return out
 
     def lost_results(self) -> list[str]:
         """What this RM failed to write into the run directory, one line each (a trace

@@ -53,7 +53,9 @@ class LinuxApplication(ResourceManager):
     _help = "Runs a command on a LinuxNode, detached from the SSH session; traces its output."
     _platform = "linux"
     _finishes_by_itself = True
-    _connects_to, _connects_at_most, _shell_word_attributes = ("LinuxNode", "Collector"), {"LinuxNode": 1}, ("env",)
+    _connects_to, _connects_at_most = ("LinuxNode", "Collector"), {"LinuxNode": 1}  # one node
+    _shell_word_attributes = ("env",)  # an unbalanced quote is refused at set
+    _run_state_fields = ("run_home",)  # the run-state file records where the app ran
 
     @classmethod
     def _register_attributes(cls) -> None:

@@ -45,6 +45,7 @@ class LinuxNode(ResourceManager):
     _help = "A Linux host reached over SSH; hostname 'localhost' runs locally without SSH."
     _platform = "linux"
     _connects_to = ("LinuxApplication", "Collector")  # apps run on one node; nodes do not connect
+    _run_state_fields = ("hostname", "username", "port", "node_home")  # for the run-state file
 
     @classmethod
     def _register_attributes(cls) -> None:

@@ -1,0 +1,104 @@
+"""The run-state file: ``run-state.json`` in the run directory, rewritten as the run goes.
+
+It holds what a later process needs to find what this run left on its hosts
+if the controller dies: the experiment and run ids, the controller's pid, the
+description kept beside it, and every RM's guid, rtype, state, connections
+and what the RM reports through its public ``run_state()`` hook (a node its
+host and home, an application its run directory). Writes are atomic and at
+most one per ``interval`` seconds, made by a timer thread; the final one is
+made at shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from nepi_prefect.execution.resource import ResourceManager
+from nepi_prefect.execution.states import ResourceState2str
+from nepi_prefect.util.files import atomic_file
+
+FILE = "run-state.json"
+#: the description a run keeps beside its results (``nepi_prefect.spec.run`` writes it)
+DESCRIPTION_FILE = "experiment.yaml"
+
+
+def run_state(exp_id: str, run_id: str, run_dir: str, ecstate: str,
+              rms: Iterable[ResourceManager]) -> dict[str, Any]:
+    """The run-state document for these RMs."""
+    description = os.path.join(run_dir, DESCRIPTION_FILE)
+    return {
+        "exp_id": exp_id, "run_id": run_id, "pid": os.getpid(), "ecstate": ecstate,
+        "updated": time.time(),
+        "description": description if os.path.exists(description) else None,
+        "resources": [{"guid": rm.guid, "rtype": rm.get_rtype(),
+                       "state": ResourceState2str.get(rm.recorded_state, str(rm.recorded_state)),
+                       "connections": sorted(rm.connections), **rm.run_state()}
+                      for rm in sorted(rms, key=lambda r: r.guid)],
+    }
+
+
+class RunStateFile:
+    """Keeps ``<run_dir>/run-state.json`` up to date; ``changed()`` is cheap to call."""
+
+    def __init__(self, run_dir: str, document: Callable[[], dict[str, Any]],
+                 logger: logging.Logger, interval: float = 0.5):
+        self.path = os.path.join(run_dir, FILE)
+        self._document = document
+        self._logger = logger
+        self._interval = interval
+        self._lock = threading.Lock()  # the timer and the closed flag; never held while writing
+        self._writing = threading.Lock()  # one write at a time
+        self._last = 0.0
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        self._warned = False
+
+    def changed(self) -> None:
+        """Something changed: a timer thread writes it soon (at most once per
+        ``interval``), off the caller's path (RM actions call this on every state)."""
+        with self._lock:
+            if self._closed or self._timer is not None:
+                return
+            wait = max(0.0, self._last + self._interval - time.monotonic())
+            self._timer = threading.Timer(wait, self._timed)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def close(self) -> None:
+        """The final write (at shutdown); later changes are not written."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._closed = True
+        self._write()
+
+    def _timed(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._closed:
+                return
+        self._write()
+
+    def _write(self) -> None:
+        # Reading the RMs may change a state (an RM that notices its end when read),
+        # which calls changed() again: so no lock of ours but the writer's is held.
+        with self._writing:
+            self._last = time.monotonic()
+            self._write_file()
+
+    def _write_file(self) -> None:
+        try:
+            data = self._document()
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with atomic_file(self.path, "w") as out:
+                json.dump(data, out, default=str)
+        except OSError as exc:
+            if not self._warned:  # once: a broken results directory is reported at shutdown
+                self._warned = True
+                self._logger.warning("could not write the run state %s: %s", self.path, exc)
