@@ -192,7 +192,7 @@ def test_validate_a_sweep_file(capsys, tmp_path):
     bad = tmp_path / "bad_sweep.yaml"
     bad.write_text(f"experiment: {ROOT / 'examples/ping.yaml'}\n"
                    "grid: {ping.count: [2, many], ping.colour: [red], pong.count: [1]}\n")
-    assert main(["validate", str(bad)]) == 1
+    assert main(["validate", str(bad)]) == 2  # bad input exits 2, like every refused description
     err = capsys.readouterr().err.replace("\n", " ")
     for part in ("ping.count", "'many'", "ping.colour", "pong"):
         assert part in err, part
