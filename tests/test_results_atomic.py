@@ -99,14 +99,21 @@ def test_a_full_results_dir_makes_the_run_incomplete(tmpfs, tmp_path):
     assert leftovers(tmpfs) == []
 
 
-def test_a_read_only_results_dir_loses_the_summary_and_says_so(tmpfs, tmp_path):
-    ec = ExperimentController(exp_id="ro", local_dir=str(tmpfs), recorder=Recorder())
+def local_app(exp_id: str, results: str, tmp_path: Path,
+              command: str) -> tuple[ExperimentController, int, int]:
+    """An EC with a localhost node (its home under ``tmp_path``) and one app on it."""
+    ec = ExperimentController(exp_id=exp_id, local_dir=results, recorder=Recorder())
     node = ec.register_resource("LinuxNode")
     ec.set(node, "hostname", "localhost")
     ec.set(node, "home", str(tmp_path / "home"))
     app = ec.register_resource("LinuxApplication")
-    ec.set(app, "command", "true")
+    ec.set(app, "command", command)
     ec.register_connection(app, node)
+    return ec, node, app
+
+
+def test_a_read_only_results_dir_loses_the_summary_and_says_so(tmpfs, tmp_path):
+    ec, node, app = local_app("ro", str(tmpfs), tmp_path, "true")
     ec.deploy()
     assert ec.wait_finished(app, timeout=120)
     remount_read_only(tmpfs)
@@ -146,13 +153,7 @@ def test_cli_run_exits_non_zero_when_results_are_lost(tmpfs, tmp_path, capsys):
 def test_run_state_file_follows_the_run(tmp_path):
     """run-state.json is in the run directory while the run goes (hosts, paths,
     states) and holds the final states after shutdown."""
-    ec = ExperimentController(exp_id="state", local_dir=str(tmp_path / "r"), recorder=Recorder())
-    node = ec.register_resource("LinuxNode")
-    ec.set(node, "hostname", "localhost")
-    ec.set(node, "home", str(tmp_path / "home"))
-    app = ec.register_resource("LinuxApplication")
-    ec.set(app, "command", "sleep 60")
-    ec.register_connection(app, node)
+    ec, node, app = local_app("state", str(tmp_path / "r"), tmp_path, "sleep 60")
     path = Path(ec.run_dir) / "run-state.json"
     try:
         ec.deploy()
