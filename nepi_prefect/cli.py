@@ -326,6 +326,8 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nepi-prefect`` console script."""
+    from nepi_prefect.spec.validate import DescriptionError
+
     _consoles()
     args = build_parser().parse_args(argv)
     try:

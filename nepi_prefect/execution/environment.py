@@ -24,6 +24,7 @@ from typing import Any
 
 from nepi_prefect.execution.experiment import Experiment
 from nepi_prefect.execution.persistence import NoSerializerError
+from nepi_prefect.util.files import atomic_file
 
 MANIFEST_FILE = "manifest.json"
 #: the run's description as ``spec.run.run_experiment`` saves it before deploy, and as
@@ -117,7 +118,7 @@ def record_environment(ec: Experiment) -> dict[str, Any]:
         log.warning("could not save the description of run %s: %s", ec.run_id, exc)
     manifest = build_manifest(ec)
     try:
-        with open(os.path.join(ec.run_dir, MANIFEST_FILE), "w") as out:
+        with atomic_file(os.path.join(ec.run_dir, MANIFEST_FILE), "w") as out:
             json.dump(manifest, out, indent=2, default=str)
     except OSError as exc:
         log.warning("could not write the manifest in %s: %s", ec.run_dir, exc)
