@@ -93,3 +93,84 @@ def test_scheduled_deployment_runs_on_a_process_worker(scheduling_server, tmp_pa
         assert summaries  # the experiment itself ran, in the worker's flow run
     finally:
         stop_server(worker)
+
+
+# --- the README's recipe, verbatim ------------------------------------------------
+
+def _readme_recipe() -> list[str]:
+    """The command lines of the README's deploy recipe (the bash block after
+    `deployments/prefect.yaml`), comments stripped."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("`deployments/prefect.yaml`")
+    block = text[text.index("```bash\n", start) + 8:]
+    block = block[:block.index("```")]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose environment holds ``marker`` (this test's PREFECT_HOME)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+async def _run_state(api_url: str, run_id: str):
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api_url) as client:
+        run = await client.read_flow_run(run_id)
+        dep = await client.read_deployment(run.deployment_id)
+    return run, dep
+
+
+def test_readme_recipe_deploys_and_a_process_worker_runs_the_experiment(tmp_path):
+    lines = _readme_recipe()
+    assert lines[0].startswith("prefect server start &")  # the server: this test's own
+    assert "cd deployments && prefect deploy --all" in lines
+    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-recipe-"))
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    server = launch_server(home, port)
+    marker = str(home / "client")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_API", "NEPI_PREFECT_RECORDER"))}
+    env.update(PREFECT_API_URL=api_url, PREFECT_HOME=marker, PREFECT_CLI_PROMPT="false",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+    log = tmp_path / "recipe.log"
+    recipe = subprocess.Popen(["bash", "-e", "-c", "\n".join(lines[1:])], cwd=ROOT, env=env,
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: "Worker" in log.read_text() and "started" in log.read_text()
+                   or recipe.poll() is not None, timeout=240, interval=1,
+                   message=lambda: log.read_text()[-3000:])
+        assert recipe.poll() is None, log.read_text()[-3000:]
+        results = tmp_path / "results"
+        out = _prefect(["deployment", "run", "nepi-experiment/ping-hourly", "-jv",
+                        f'env={{"NEPI_PREFECT_RESULTS": "{results}"}}'], env)
+        run_id = out.split("UUID:")[1].split()[0]
+
+        def finished():
+            run, _ = asyncio.run(_run_state(api_url, run_id))
+            return run if run.state and run.state.is_final() else None
+
+        run = wait_until(finished, timeout=240, interval=2,
+                         message=lambda: log.read_text()[-3000:])
+        assert run.state.is_completed(), f"{run.state}\n{log.read_text()[-3000:]}"
+        _, dep = asyncio.run(_run_state(api_url, run_id))
+        assert dep.concurrency_limit == 1  # the hourly run never overlaps itself
+        assert dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"][
+            "directory"] == str(ROOT)
+        assert list((results / "ping").glob("*/summary.json"))  # the job variable's results dir
+    finally:
+        stop_server(recipe)
+        stop_server(server)
+    wait_until(lambda: not _processes_with(marker), timeout=30,
+               message=lambda: f"left running: {_processes_with(marker)}")

@@ -35,7 +35,26 @@ def converge_flow(description: ExperimentDescription | None = None,
     the 95% confidence interval of ``metric`` ("<resource>.<metric>") is within
     ``relative_ci`` of its mean (NEPI's rule) and/or its coefficient of variation is at
     most ``cv``, between ``min_runs`` and ``max_runs`` runs. A one-point campaign: it
-    resumes like a sweep."""
+    resumes like a sweep.
+
+    Args:
+        description: the experiment re-run.
+        description_file: or a YAML/JSON description file, relative to the working directory.
+        metric: the metric that must converge, as "<resource>.<metric>".
+        min_runs: runs made whatever the metric does.
+        max_runs: runs made at most.
+        relative_ci: the 95% confidence interval's half-width, relative to the mean, that
+            counts as converged.
+        cv: or the coefficient of variation that counts as converged.
+        overrides: NAME.ATTR values replacing the description's, e.g. {"ping.count": 10}.
+        results_dir: where traces and summaries go (default $NEPI_PREFECT_RESULTS).
+        max_concurrency: runs at most running at once.
+        timeout: each run's time limit, e.g. "2m" (default: the description's timeout).
+        campaign: the campaign's name (default: derived from the experiment).
+        redo: rerun the "failed" runs, or "all"; by default only runs not done yet.
+        work_pool: run each run as a flow run of the experiment deployment on this pool.
+        deployment: the experiment deployment to use with work_pool.
+    """
     desc = resolve_description(description, description_file, overrides)
     resource, _, _ = metric.partition(".")
     desc.resource(resource)  # KeyError now, not after the first run

@@ -9,7 +9,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from nepi_prefect import settings
-from nepi_prefect.flows._common import ExperimentFailed, resolve_description
+from nepi_prefect.flows._common import (ExperimentFailed, description_name, resolve_description,
+                                        run_name)
 from nepi_prefect.flows.campaign_run import RunRecord
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from nepi_prefect.results.tables import flat_metrics
@@ -18,7 +19,16 @@ from nepi_prefect.spec.models import ExperimentDescription
 from nepi_prefect.spec.run import run_experiment
 
 
-@flow(name="nepi-experiment", log_prints=True)
+def _flow_run_name() -> str:
+    # Deployment runs and direct calls are named after the experiment and its
+    # overrides (e.g. ping-interval=0.2), not Prefect's random adjective-animal.
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters
+    return run_name(description_name(params), params.get("overrides"))
+
+
+@flow(name="nepi-experiment", log_prints=True, flow_run_name=_flow_run_name)
 def experiment_flow(description: ExperimentDescription | None = None,
                     description_file: str | None = None,
                     overrides: dict[str, Any] | None = None,
@@ -31,6 +41,16 @@ def experiment_flow(description: ExperimentDescription | None = None,
     Given ``campaign`` and ``run_key`` (a campaign dispatched it), it keeps that run's
     heartbeat in the campaign store and records its outcome there.
     Raises :class:`ExperimentFailed` (the flow run is Failed) when the experiment FAILED.
+
+    Args:
+        description: the experiment: its resources, connections, conditions and traces.
+        description_file: or a YAML/JSON description file, relative to the working directory.
+        overrides: NAME.ATTR values replacing the description's, e.g. {"ping.count": 10}.
+        timeout: end the experiment (FAILED) after this long, e.g. "2m" (default: the
+            description's timeout).
+        results_dir: where traces and summary.json go (default $NEPI_PREFECT_RESULTS).
+        campaign: the campaign that dispatched this run (given with run_key), if any.
+        run_key: this run's key in that campaign's store.
     """
     if (campaign is None) != (run_key is None):
         raise ValueError("give both campaign and run_key, or neither")

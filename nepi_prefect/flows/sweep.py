@@ -38,6 +38,21 @@ def sweep_flow(description: ExperimentDescription | None = None,
     the experiment deployment that any worker of the pool takes. Returns ``{"campaign",
     "rows", "points", "csv", "parquet", ...}``; stopped by SIGINT/SIGTERM the flow run
     ends Cancelled, with the table of what finished written.
+
+    Args:
+        description: the experiment swept over.
+        description_file: or a YAML/JSON description file, relative to the working directory.
+        grid: NAME.ATTR -> list of values; every combination is a point.
+        points: more points, each a dict of NAME.ATTR values.
+        repeat: runs per point.
+        max_concurrency: runs at most running at once.
+        timeout: each run's time limit, e.g. "2m" (default: the description's timeout).
+        results_dir: where traces, summaries and tables go (default $NEPI_PREFECT_RESULTS).
+        campaign: the campaign's name (default: the experiment's name and a hash).
+        redo: rerun the "failed" runs, or "all"; by default only runs not done yet.
+        work_pool: run each point as a flow run of the experiment deployment on this pool.
+        deployment: the experiment deployment to use with work_pool.
+        stop_rule: replicate each point until a metric settles, instead of repeat times.
     """
     desc = resolve_description(description, description_file)
     spec = SweepSpec(experiment=desc, grid=grid or {}, points=points or [], repeat=repeat,

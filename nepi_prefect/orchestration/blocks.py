@@ -20,12 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends these loaders to the transport)
 
+#: shown by the Prefect UI on the blocks' cards and pages. NEPI's site documents the
+#: experiment model (EC, resource managers) these blocks serve.
+LOGO_URL = "https://nepi.inria.fr/_static/nepi_logo.png"
+DOCS_URL = "https://nepi.inria.fr/"
+
 
 class SshCredentials(Block):
     """How to log in to experiment hosts over SSH."""
 
     _block_type_name = "NEPI SSH Credentials"
     _block_type_slug = "nepi-ssh-credentials"
+    _logo_url = LOGO_URL
+    _documentation_url = DOCS_URL
     _description = "SSH login for nepi-prefect nodes: user name, private key and/or password, known hosts."
 
     username: str = Field(description="remote user name")
@@ -61,6 +68,8 @@ class NodeInventory(Block):
 
     _block_type_name = "NEPI Node Inventory"
     _block_type_slug = "nepi-node-inventory"
+    _logo_url = LOGO_URL
+    _documentation_url = DOCS_URL
     _description = "Hosts for nepi-prefect experiments: hostname, port, user and credentials block, by name."
 
     nodes: dict[str, InventoryNode] = Field(default_factory=dict, description="nodes by name")

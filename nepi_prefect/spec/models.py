@@ -17,10 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from nepi_prefect.spec.topology import check_link_addresses, expand_topologies
 
+from nepi_prefect.execution.resource import ResourceFactory
+
 
 def _as_list(value: Any) -> Any:
     """Accept a single name where a list of names is expected."""
     return [value] if isinstance(value, str) else value
+
+
+def _rtype_choices(schema: dict[str, Any]) -> None:
+    """In a JSON schema (the Prefect UI's run form), rtype is a choice of the resource
+    types installed where the schema is built (e.g. where ``prefect deploy`` runs)."""
+    schema["enum"] = sorted(ResourceFactory.resource_types())
 
 
 class _Strict(BaseModel):
@@ -39,7 +47,8 @@ class ResourceSpec(_Strict):
     """One resource manager: its type, attribute values and traces."""
 
     name: str = Field(description="name used to refer to this resource in the description")
-    rtype: str = Field(description="resource type, e.g. LinuxNode, LinuxPing (see `nepi-prefect types`)")
+    rtype: str = Field(description="resource type, e.g. LinuxNode, LinuxPing (see `nepi-prefect types`)",
+                       json_schema_extra=_rtype_choices)
     guid: int | None = Field(default=None, ge=0, description="fixed guid (default: assigned in order)")
     attributes: dict[str, Any] = Field(default_factory=dict,
                                        description="attribute values by name")

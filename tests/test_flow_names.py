@@ -1,0 +1,46 @@
+"""Flow runs are named after the experiment and its parameters, not at random."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nepi_prefect.flows._common import description_name, run_name
+
+
+def test_run_name_shows_the_experiment_and_its_parameters():
+    assert run_name("ping", {"ping.interval": 0.2}, rep=1) == "ping-interval=0.2-r1"
+    assert run_name("ping") == "ping"
+    assert run_name(None, {"a.size": 1, "b.size": 2, "a.n": 3}) == \
+        "experiment-a.size=1-b.size=2-n=3"  # shared attribute names stay qualified
+
+
+def test_description_name_reads_the_file_or_the_inline_description(tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("name: from-file\nresources: []\n")
+    assert description_name({"description_file": str(path)}) == "from-file"
+    assert description_name({"description": {"name": "inline"}}) == "inline"
+    assert description_name({"description_file": str(tmp_path / "missing.yaml")}) is None
+
+
+@pytest.mark.prefect
+def test_experiment_flow_run_is_named_after_the_experiment(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from nepi_prefect.flows import experiment_flow
+
+    path = tmp_path / "named.yaml"
+    path.write_text("name: named-run\nresources:\n"
+                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
+                    "  - {name: app, rtype: LinuxApplication, attributes: {command: 'true'}}\n"
+                    "connections: [[node, app]]\n")
+    state = experiment_flow(description_file=str(path), overrides={"app.command": "echo 1"},
+                            results_dir=str(tmp_path), return_state=True)
+    assert state.is_completed(), state.message
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_run(state.state_details.flow_run_id)
+
+    assert asyncio.run(read()).name == "named-run-command=echo 1"
