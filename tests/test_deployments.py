@@ -129,6 +129,7 @@ async def _run_state(api_url: str, run_id: str):
     return run, dep
 
 
+@pytest.mark.timeout(1200)  # a server, a deploy of three flows, a worker, a run
 def test_readme_recipe_deploys_and_a_process_worker_runs_the_experiment(tmp_path):
     lines = _readme_recipe()
     assert lines[0].startswith("prefect server start &")  # the server: this test's own
