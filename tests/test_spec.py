@@ -84,8 +84,8 @@ def test_round_trip_of_an_api_built_experiment(tmp_path, ec_kwargs, monkeypatch,
     path = ec.save(str(tmp_path / f"saved{suffix}"))
     text = open(path).read()
     assert "s3cret" not in text  # credentials are never written in clear
-    assert "NEPI_PREFECT_SPECHOST1_PASSWORD" in text
-    monkeypatch.setenv("NEPI_PREFECT_SPECHOST1_PASSWORD", "s3cret")
+    assert "NEPI_PREFECT_SPECHOST_1_PASSWORD" in text
+    monkeypatch.setenv("NEPI_PREFECT_SPECHOST_1_PASSWORD", "s3cret")
     ec2 = ExperimentController.load(path, **ec_kwargs)
     try:
         assert ec2.exp_id == "roundtrip"
@@ -107,9 +107,9 @@ def test_a_saved_credential_needs_its_variable(tmp_path, ec_kwargs, monkeypatch)
     ec = _build_by_api(ec_kwargs)
     path = ec.save(str(tmp_path / "saved.yaml"))
     ec.shutdown()
-    monkeypatch.delenv("NEPI_PREFECT_SPECHOST1_PASSWORD", raising=False)
+    monkeypatch.delenv("NEPI_PREFECT_SPECHOST_1_PASSWORD", raising=False)
     with pytest.raises(DescriptionError, match=r"resources\[0\]\.attributes\.password: "
-                                               r"environment variable NEPI_PREFECT_SPECHOST1_PASSWORD"):
+                                               r"environment variable NEPI_PREFECT_SPECHOST_1_PASSWORD"):
         ExperimentController.load(path, **ec_kwargs)
 
 

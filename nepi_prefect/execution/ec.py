@@ -146,10 +146,23 @@ class ExperimentController:
     def get_resource(self, guid: int) -> ResourceManager:
         return self._resources.get(guid)
 
-    def register_resource(self, rtype: str, guid: int | None = None) -> int:
-        """Create an RM of ``rtype``; returns its guid."""
+    def register_resource(self, rtype: str, guid: int | None = None,
+                          name: str | None = None) -> int:
+        """Create an RM of ``rtype``; returns its guid.
+
+        ``name`` is its human name in the record and the summary (unique; default
+        ``<rtype>-<guid>``).
+        """
         self._require_open("register a resource")
-        return self._resources.create(self, rtype, guid)
+        return self._resources.create(self, rtype, guid, name)
+
+    def get_name(self, guid: int) -> str:
+        """The human name of RM ``guid`` (given at registration, else ``<rtype>-<guid>``)."""
+        return self._resources.get(guid).name
+
+    def get_guid(self, name: str) -> int:
+        """The guid of the RM called ``name``."""
+        return self._resources.guid_of(name)
 
     def get_attributes(self, guid: int) -> list:
         return self.get_resource(guid).get_attributes()

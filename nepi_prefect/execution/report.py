@@ -25,10 +25,10 @@ def outcome(rm: ResourceManager) -> str:
 
 
 def resource_summary(rm: ResourceManager) -> dict[str, Any]:
-    """One RM's rtype, guid, outcome, transition times, traces, metrics and failure."""
+    """One RM's guid, name, rtype, outcome, transition times, traces, metrics and failure."""
     stamps = {attr.lstrip("_"): getattr(rm, attr) for attr in STATE_TIME_ATTR.values()}
     return {
-        "guid": rm.guid, "rtype": rm.get_rtype(), "state": outcome(rm),
+        "guid": rm.guid, "name": rm.name, "rtype": rm.get_rtype(), "state": outcome(rm),
         "times": {name: stamp.isoformat() if stamp else None for name, stamp in stamps.items()},
         "traces": dict(rm.collected), "metrics": rm.get_metrics(), "failure": rm.failure,
     }

@@ -110,6 +110,14 @@ class ResourceManager(ResourceType):
     def guid(self) -> int:
         return self._guid
 
+    #: set by the EC's registry when register_resource was given a name
+    _name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The resource's human name: the one given at registration, else ``<rtype>-<guid>``."""
+        return self._name or f"{self._rtype}-{self._guid}"
+
     @property
     def ec(self) -> Experiment:
         return self._ec

@@ -260,7 +260,7 @@ def _populate(ec: ExperimentController, desc: ExperimentDescription, source: str
     guids: dict[str, int] = {}
     for i, res in enumerate(desc.resources):
         with _at(source, f"resources[{i}]"):
-            guids[res.name] = ec.register_resource(res.rtype, guid=res.guid)
+            guids[res.name] = ec.register_resource(res.rtype, guid=res.guid, name=res.name)
             for attr, value in _attribute_values(res, resolver, source, i).items():
                 ec.set(guids[res.name], attr, value)
             for trace in res.traces + res.collect:
@@ -277,10 +277,10 @@ def _populate(ec: ExperimentController, desc: ExperimentDescription, source: str
     for i, res in enumerate(desc.resources):
         for trace in res.collect:
             with _at(source, f"resources[{i}].collect"):
-                guid = ec.register_resource(COLLECTOR_RTYPE)
+                guid = ec.register_resource(COLLECTOR_RTYPE, name=f"{res.name}-collect-{trace}")
                 ec.set(guid, COLLECTOR_TRACE_ATTR, trace)
                 ec.register_connection(guid, guids[res.name])
-                names[guid] = f"{res.name}-collect-{trace}"
+                names[guid] = ec.get_name(guid)
     return names
 
 
@@ -325,12 +325,9 @@ def _attribute_values(res: ResourceSpec, resolver: InventoryResolver | None,
 
 
 def resource_names(ec: ExperimentController) -> dict[int, str]:
-    """Resource names by guid: those of the description the EC was built from,
-    else ``<rtype><guid>`` (e.g. ``linuxnode1``)."""
-    names = dict(_ORIGINS.get(ec, ({}, None))[0])
-    for guid in ec.resources:
-        names.setdefault(guid, f"{ec.get_resource(guid).get_rtype().lower()}{guid}")
-    return names
+    """Resource names by guid: those given at registration (a description's names),
+    else ``<rtype>-<guid>`` (e.g. ``LinuxNode-1``)."""
+    return {guid: ec.get_name(guid) for guid in ec.resources}
 
 
 def source_description(ec: ExperimentController) -> ExperimentDescription | None:

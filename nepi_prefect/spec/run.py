@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.resource import ResourceState2str
-from nepi_prefect.spec.io import resource_names, save_experiment, source_description
+from nepi_prefect.spec.io import save_experiment, source_description
 from nepi_prefect.util.timefuncs import parse_delay
 
 #: progress callback: (ec, elapsed seconds) on every tick
@@ -79,12 +79,8 @@ def _wait(ec: ExperimentController, guids: list[int], limit: float | None,
 
 
 def named_summary(ec: ExperimentController) -> dict[str, Any]:
-    """``ec.summary()`` with each resource's description name."""
-    summary = ec.summary()
-    names = resource_names(ec)
-    for res in summary["resources"]:
-        res["name"] = names.get(res["guid"], str(res["guid"]))
-    return summary
+    """``ec.summary()``: its resources carry their names (the description's)."""
+    return ec.summary()
 
 
 def ended_well(summary: dict[str, Any]) -> bool:
