@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from tests.helpers import wait_until
+
 from nepi_prefect.flows._common import description_name, run_name
 
 
@@ -39,8 +41,20 @@ def test_experiment_flow_run_is_named_after_the_experiment(prefect_server, tmp_p
                             results_dir=str(tmp_path), return_state=True)
     assert state.is_completed(), state.message
 
-    async def read():
-        async with get_client() as client:
-            return await client.read_flow_run(state.state_details.flow_run_id)
+    flow_run_id = state.state_details.flow_run_id
 
-    assert asyncio.run(read()).name == "named-run-command=echo 1"
+    async def read():
+        from prefect.client.schemas.filters import FlowRunFilter
+
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id={"any_": [flow_run_id]}))
+        return run, {t.name for t in tasks}
+
+    def task_names():  # task-run states reach the server as events, and can lag
+        run, names = asyncio.run(read())
+        return names if {"deploy-node", "start-app", "release-app"} <= names else None
+
+    assert asyncio.run(read())[0].name == "named-run-command=echo 1"
+    wait_until(task_names, timeout=60, interval=1, message="task runs deploy-node, start-app")

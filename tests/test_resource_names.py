@@ -9,6 +9,7 @@ from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceError
 from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.spec.io import build_experiment, read_description
+from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
 
 
 @pytest.fixture
@@ -52,3 +53,28 @@ def test_a_description_names_its_resources_and_collectors(tmp_path):
         assert {r["name"] for r in ec.summary()["resources"]} == names
     finally:
         ec.shutdown()
+
+
+class _Runs(Recorder):
+    def __init__(self):
+        self.runs = {}
+
+    def action_changed(self, run):
+        self.runs[run.id] = run
+
+
+def test_action_runs_are_named_after_the_resource(tmp_path, engine_types):
+    rec = _Runs()
+    ec = ExperimentController(exp_id="names-runs", local_dir=str(tmp_path), recorder=rec)
+    try:
+        named = ec.register_resource("TestTrivial", name="alpha")
+        plain = ec.register_resource("TestTrivial")
+        ec.deploy()
+        ec.wait_started([named, plain], timeout=60)
+    finally:
+        ec.shutdown()
+    names = {r.name for r in rec.runs.values()}
+    assert {"deploy-alpha", "start-alpha", "release-alpha"} <= names
+    assert {f"deploy-TestTrivial-{plain}", f"start-TestTrivial-{plain}"} <= names
+    assert all(r.resource_name == "alpha" for r in rec.runs.values()
+               if r.guid == named and r.kind != "barrier")

@@ -43,7 +43,7 @@ class RunLedger:
     def open(self, kind: ActionKind, rm: ResourceManager,
              upstream: list[ActionRun] | None = None) -> ActionRun:
         """A new run of ``kind`` for ``rm``, downstream of ``upstream``."""
-        run = ActionRun(kind, rm.guid, rm.get_rtype(), upstream or [])
+        run = ActionRun(kind, rm.guid, rm.get_rtype(), upstream or [], resource_name=rm.name)
         with self._lock:
             self._open[rm.guid].append(run)
             self._latest[(rm.guid, kind)] = run

@@ -60,10 +60,14 @@ class ActionRun:
     message: str = ""
     #: "condition" or "barrier" for each upstream run, by upstream id
     edge_kinds: dict[uuid.UUID, str] = field(default_factory=dict)
+    #: the RM's human name (e.g. ``client``); empty for a barrier
+    resource_name: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.rtype}-{self.guid}"
+        """``<action>-<resource name>``, e.g. ``start-client`` (``start-LinuxApplication-3``
+        for an RM registered without a name; ``barrier-group-1`` for a barrier)."""
+        return f"{self.kind}-{self.resource_name or f'{self.rtype}-{self.guid}'}"
 
     def __repr__(self) -> str:
         return f"ActionRun({self.name}, {self.state.value})"
