@@ -95,11 +95,12 @@ class RunLedger:
                     "" if reached else why)
 
     def state_changed(self, rm: ResourceManager, state: ResourceState) -> None:
-        """Close the open runs of ``rm`` that ``state`` completes or ends."""
-        runs = self._open.get(rm.guid)
-        if not runs:
-            return
-        for run in list(runs):
+        """Close the open runs of ``rm`` that ``state`` completes or ends; record a stop
+        the RM made by itself."""
+        runs = list(self._open.get(rm.guid) or ())
+        self_stop = state in (STOPPED, FINISHED) and not rm.releasing \
+            and not any(run.kind == K.STOP for run in runs) and not self._stopped_since_start(rm)
+        for run in runs:
             if state in TARGETS[run.kind]:
                 self.finish(run, RunState.COMPLETED)
             elif state == FAILED:
@@ -107,6 +108,23 @@ class RunLedger:
                 self.finish(run, failed, f"{rm.get_rtype()} {rm.guid} FAILED")
             elif state == RELEASED:
                 self.finish(run, RunState.CANCELLED, f"released before its {run.kind}")
+        if self_stop:
+            self._self_stop(rm)
+
+    def _stopped_since_start(self, rm: ResourceManager) -> bool:
+        # e.g. FINISHED after a stop already recorded: one stop per start
+        stop, start = self._latest.get((rm.guid, K.STOP)), self._latest.get((rm.guid, K.START))
+        return stop is not None and (start is None or stop.created_at >= start.created_at)
+
+    def _self_stop(self, rm: ResourceManager) -> None:
+        """The RM stopped or finished with no stop asked for (it scheduled its own
+        ``stop``, or its work ended): record it as a stop run like a user's, after
+        its start."""
+        start = self._latest.get((rm.guid, K.START))
+        run = self.open(K.STOP, rm, [start] if start is not None else None)
+        run.message = "the resource stopped by itself"
+        self.running(run)
+        self.finish(run, RunState.COMPLETED)
 
     # -- reading -----------------------------------------------------------------
     def current(self, guid: int) -> ActionRun | None:
