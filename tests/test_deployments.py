@@ -166,7 +166,9 @@ def test_readme_recipe_deploys_and_a_process_worker_runs_the_experiment(tmp_path
                          message=lambda: log.read_text()[-3000:])
         assert run.state.is_completed(), f"{run.state}\n{log.read_text()[-3000:]}"
         _, dep = asyncio.run(_run_state(api_url, run_id))
-        assert dep.concurrency_limit == 1  # the hourly run never overlaps itself
+        # the hourly run never overlaps itself: one at a time, the next one waits
+        assert dep.global_concurrency_limit.limit == 1
+        assert dep.concurrency_options.collision_strategy == "ENQUEUE"
         assert dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"][
             "directory"] == str(ROOT)
         assert list((results / "ping").glob("*/summary.json"))  # the job variable's results dir
