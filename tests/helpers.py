@@ -51,3 +51,16 @@ def add_rm(ec: ExperimentController, rtype: str, node: int | None = None, **attr
     if node is not None:
         ec.register_connection(guid, node)
     return guid
+
+
+class RunsRecorder(Recorder):
+    """Keeps the action runs the engine reports, by id; ``named(name)`` finds them."""
+
+    def __init__(self):
+        self.runs = {}
+
+    def action_changed(self, run):
+        self.runs[run.id] = run
+
+    def named(self, name: str) -> list:
+        return [r for r in self.runs.values() if r.name == name]

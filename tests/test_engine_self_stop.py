@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.factory import ResourceFactory
-from nepi_prefect.execution.recording import Recorder, RunState
+from nepi_prefect.execution.recording import RunState
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.execution.states import ResourceAction
+from tests.helpers import RunsRecorder
 
 S = ResourceState
 
@@ -34,19 +35,8 @@ class SelfFinisher(ResourceManager):
         self.set_finished()
 
 
-class _Runs(Recorder):
-    def __init__(self):
-        self.runs = {}
-
-    def action_changed(self, run):
-        self.runs[run.id] = run
-
-    def named(self, name):
-        return [r for r in self.runs.values() if r.name == name]
-
-
-def _run(tmp_path, build) -> _Runs:
-    rec = _Runs()
+def _run(tmp_path, build) -> RunsRecorder:
+    rec = RunsRecorder()
     with ResourceFactory.scoped():
         ResourceFactory.register_type(SelfStopper)
         ResourceFactory.register_type(SelfFinisher)
@@ -81,7 +71,7 @@ def test_a_user_stop_is_recorded_once_and_a_release_adds_none(tmp_path):
     rec = _run(tmp_path, build)
     assert len(rec.named("stop-asked")) == 1  # the condition's stop, not a second one
 
-    rec = _Runs()
+    rec = RunsRecorder()
     with ResourceFactory.scoped():
         ResourceFactory.register_type(Forever)
         ec = ExperimentController(exp_id="self-stop", local_dir=str(tmp_path), recorder=rec)

@@ -9,6 +9,7 @@ from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceError
 from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.spec.io import build_experiment, read_description
+from tests.helpers import RunsRecorder
 from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
 
 
@@ -55,16 +56,8 @@ def test_a_description_names_its_resources_and_collectors(tmp_path):
         ec.shutdown()
 
 
-class _Runs(Recorder):
-    def __init__(self):
-        self.runs = {}
-
-    def action_changed(self, run):
-        self.runs[run.id] = run
-
-
 def test_action_runs_are_named_after_the_resource(tmp_path, engine_types):
-    rec = _Runs()
+    rec = RunsRecorder()
     ec = ExperimentController(exp_id="names-runs", local_dir=str(tmp_path), recorder=rec)
     try:
         named = ec.register_resource("TestTrivial", name="alpha")
