@@ -197,7 +197,7 @@ def test_rerun_resolves_secrets_again_and_never_stores_them(tmp_path, monkeypatc
     saved = load_description_data(old)
     variable = saved["resources"][0]["attributes"]["password"]["env"]
     capsys.readouterr()
-    assert main(["rerun", str(old), "--recorder", "none", "--results", str(results)]) == 1
+    assert main(["rerun", str(old), "--recorder", "none", "--results", str(results)]) == 2  # refused before it starts
     assert f"environment variable {variable} is not set" in capsys.readouterr().err.replace("\n", "")
     monkeypatch.setenv(variable, "s3cr3t-value")
     assert main(["rerun", str(old), "--recorder", "none", "--results", str(results)]) == 0

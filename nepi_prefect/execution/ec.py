@@ -73,6 +73,7 @@ class ExperimentController:
         self._resources = ResourceRegistry()
         self._end_guids: list[int] | None = None
         self._lost: list[str] = []  # results the engine could not write (summary.json)
+        self._manifest: dict[str, Any] | None = None  # the environment, gathered at shutdown
         self._closed = False
         self._logger = logging.getLogger("ExperimentController")
         self._recorder = recorder if recorder is not None else default_recorder()
@@ -411,12 +412,12 @@ class ExperimentController:
             self._waiters.notify()
             self._dispatch.stop()
             self._run_state.close()
+            self._manifest = record_environment(self)
             summary = self.summary()
-            summary["manifest"] = record_environment(self)
             lost = report.write_summary(self.run_dir, summary, self._logger)
             if lost:
                 self._lost.append(lost)
-                summary = {**self.summary(), "manifest": summary["manifest"]}
+                summary = self.summary()
             self._recorder.close(self, summary)
             exitguard.forget(self)
 
@@ -438,9 +439,13 @@ class ExperimentController:
     outcome = staticmethod(report.outcome)
 
     def summary(self) -> dict[str, Any]:
-        """What happened, RM by RM: rtype, guid, outcome, transition times, traces."""
-        return report.summary(self._exp_id, self._run_id, self.run_dir, self._status.failure,
-                              self._resources, self._lost)
+        """What happened, RM by RM: rtype, guid, outcome, transition times, traces; after
+        shutdown also the environment manifest."""
+        summary = report.summary(self._exp_id, self._run_id, self.run_dir, self._status.failure,
+                                 self._resources, self._lost)
+        if self._manifest is not None:  # known once shut down
+            summary["manifest"] = self._manifest
+        return summary
 
     # -- persistence (the description format is registered by nepi_prefect.spec) ---------
     def save(self, path: str) -> str:
