@@ -187,6 +187,8 @@ class PrefectRecorder(Recorder):
             return self._abandoned
         if summary.get("state") == "FAILED":
             return "FAILED", f"experiment failed: {summary.get('failure') or 'unknown reason'}"
+        if summary.get("state") == "INCOMPLETE":  # it ran, but results were lost
+            return "FAILED", f"results lost: {'; '.join(summary.get('lost') or []) or 'see summary'}"
         return "COMPLETED", f"{len(summary.get('resources', []))} resources"
 
     def _report(self, summary: dict[str, Any]) -> None:
