@@ -111,6 +111,12 @@ def test_stop_rule_replicates_each_point_until_it_holds(prefect_server, tmp_path
     plot = Path(result["plot"])
     assert plot.parent == tmp_path / "campaigns" / "steady" and plot.name.endswith("-vs-ping.packetSize.png")
     assert matplotlib.image.imread(plot).shape[:2] == (400, 640)
+    # and `nepi-prefect plot CAMPAIGN` reads the campaign's table
+    from nepi_prefect.cli import main
+    out = tmp_path / "by-hand.svg"
+    assert main(["plot", "steady", "--x", "ping.packetSize", "--y", "ping.rtt_avg_ms",
+                 "--results", str(tmp_path), "--out", str(out)]) == 0
+    assert out.read_text().lstrip().startswith(("<?xml", "<svg")) and "ping.packetSize" in out.read_text()
     never = StopRule(metric="ping.rtt_avg_ms", cv_pct=1e-9, min_runs=2, max_runs=3)
     state = sweep_flow(description=desc, grid={"ping.packetSize": [56]}, stop_rule=never,
                        results_dir=str(tmp_path), campaign="never", return_state=True)
