@@ -109,18 +109,23 @@ def _default_plot(name: str, frame: Any, root: str) -> str | None:
     """The sweep's own plot (a varying parameter against a metric) beside its tables,
     attached to the flow run; warnings when its runs' environments differ in what matters."""
     logger = get_run_logger() if FlowRunContext.get() is not None else None
-    for warning in environment_warnings(frame):
-        if logger is not None:
-            logger.warning("campaign %s: %s", name, warning)
     done = frame[frame["state"] == DONE]
     done.attrs.update(frame.attrs)
-    path = default_plot(done, campaign_dir(name, root), title=f"campaign {name}") if len(done) else None
-    if path is None:
+    if done.empty:
         return None
-    if FlowRunContext.get() is not None:
-        attach_plot(path, f"campaign {name}", key=artifact_key(name, "plot"),
-                    flow_run_id=FlowRunContext.get().flow_run.id)
-    return str(path)
+    try:
+        for warning in environment_warnings(done):
+            if logger is not None:
+                logger.warning("campaign %s: %s", name, warning)
+        path = default_plot(done, campaign_dir(name, root), title=f"campaign {name}")
+        if path is not None and logger is not None:
+            attach_plot(path, f"campaign {name}", key=artifact_key(name, "plot"),
+                        flow_run_id=FlowRunContext.get().flow_run.id)
+    except Exception as exc:  # a convenience: the tables are what must be written
+        if logger is not None:
+            logger.warning("campaign %s: no default plot (%s: %s)", name, type(exc).__name__, exc)
+        return None
+    return str(path) if path is not None else None
 
 
 def _points(name: str, root: str) -> list[dict[str, Any]]:

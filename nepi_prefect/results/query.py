@@ -233,6 +233,8 @@ def environment_warnings(frame: pd.DataFrame) -> list[str]:
     what differs, in what matters, between the environments they ran in."""
     runs = []
     for run_dir in frame.get("run_dir", []):
+        if not isinstance(run_dir, str) or not run_dir:  # a run that never started
+            continue
         manifest = load_manifest(run_dir)
         if manifest is not None:
             try:
