@@ -25,7 +25,9 @@ from nepi_prefect.resources.linux.application import LinuxApplication
 from nepi_prefect.results import campaign_warnings, diff_runs, load_manifest, runs_frame
 from nepi_prefect.results.plot import attach_plot, plot_metric
 from nepi_prefect.results.query import find_run, load_description_data
+from tests.fixtures.prefect_api import wait_for_record
 from tests.fixtures.sshd import node_attrs
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PING = str(ROOT / "examples" / "ping.yaml")
@@ -316,10 +318,11 @@ def test_the_manifest_reaches_the_prefect_record(prefect_server, tmp_path):
         assert ec.wait_deployed([node], timeout=60)
     finally:
         ec.shutdown()
-    assert recorder.outcome.confirmed, recorder.outcome
     with get_client(sync_client=True) as client:
-        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[recorder.flow_run_id])))
+        wait_for_record(client, recorder)
+        (artifact,) = wait_until(lambda: client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[recorder.flow_run_id]))), 120,
+            "the summary artifact on the server")
     assert "**Environment**" in artifact.description
     assert f"kernel {platform.release()}" in artifact.description
     assert f"Prefect {metadata.version('prefect')}" in artifact.description
