@@ -20,7 +20,7 @@ def test_run_name_shows_the_experiment_and_its_parameters():
 
 def test_description_name_reads_the_file_or_the_inline_description(tmp_path):
     path = tmp_path / "d.yaml"
-    path.write_text("name: from-file\nresources: []\n")
+    path.write_text("name: from-file\nresources:\n  - {name: n, rtype: LinuxNode, attributes: {hostname: localhost}}\n")
     assert description_name({"description_file": str(path)}) == "from-file"
     assert description_name({"description": {"name": "inline"}}) == "inline"
     assert description_name({"description_file": str(tmp_path / "missing.yaml")}) is None

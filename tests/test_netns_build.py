@@ -217,7 +217,7 @@ def test_link_with_one_end_fails_clearly(ec):
     lonely = add_rm(ec, "NetnsLink", ip1="10.0.0.1/24")
     ec.register_connection(lonely, a)
     with pytest.raises(Exception, match="cannot be connected"):
-        ec.register_connection(lonely, add_rm(ec, "LinuxPing"))
+        ec.register_connection(lonely, add_rm(ec, "LinuxPing", target="10.0.0.2"))
     ec.deploy()
     rm = ec.get_resource(lonely)
     wait_until(lambda: rm.failure, message="the link to fail")
