@@ -51,5 +51,6 @@ def test_flow_run_page_shows_the_experiment(prefect_server, tmp_path):
                   str(tmp_path / "chromium"))
     assert f"{ec.exp_id}-{ec.run_id}" in page      # the UI reached the API and found the run
     assert "Completed" in page
-    # deploy, start, release of each app, plus the group barrier
-    assert "7 Task runs" in page
+    # deploy, start, stop (each app finishes by itself) and release of each app, plus the
+    # group barrier
+    assert "9 Task runs" in page
