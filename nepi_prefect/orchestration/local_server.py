@@ -118,6 +118,16 @@ def _alive(pid: int) -> bool:
     return SERVICE.encode() in cmdline and status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def _exited(pid: int) -> bool:
+    """``pid`` is gone or a zombie. (Unlike :func:`_alive`, true of a child that was just
+    forked and has not exec'd the service yet: its cmdline is still its parent's.)"""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return status.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
 def healthy(api_url: str, timeout: float = 5.0) -> bool:
     """``/api/health`` answers 200."""
     try:
@@ -202,7 +212,7 @@ def _wait_healthy(state: ServerState, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.1
     while not healthy(state.api_url):
-        if not _alive(state.pid):
+        if _exited(state.pid):
             raise ServerError(f"the local Prefect server exited while starting; see {log_path()}")
         if time.monotonic() >= deadline:
             raise ServerError(f"the local Prefect server on port {state.port} did not answer "
