@@ -5,6 +5,8 @@ and record its outcome in the store."""
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import math
 import threading
 import time
@@ -19,11 +21,14 @@ from prefect.states import Cancelled
 from nepi_prefect import settings
 from nepi_prefect.flows.campaign import Controller, Plan, StopSignals, prepare
 from nepi_prefect.flows.launchers import LocalLauncher, PoolLauncher, ensure_deployment
+from nepi_prefect.orchestration.recorder import finish_background
 from nepi_prefect.results.campaign import campaign_frame, point_stats, write_tables
 from nepi_prefect.results.plot import attach_plot, default_plot
 from nepi_prefect.results.query import environment_warnings
 from nepi_prefect.results.tables import artifact_key
 from nepi_prefect.results.store import DONE, FAILED, CampaignStore, campaign_dir, owner_id
+
+log = logging.getLogger("nepi_prefect.campaign")
 
 
 @dataclass
@@ -60,6 +65,8 @@ def run_campaign(experiment_flow: Any, run_point: Callable[..., None], plan: Pla
             outcome = controller.run()
     finally:
         launcher.close()
+        progress.close()
+        _finish_records(plan.name)
         result = _tables(plan, root, opts)
         store.close()
     result.update(counts=outcome.counts, stopped=outcome.stopped, reclaimed=len(outcome.reclaimed),
@@ -152,14 +159,34 @@ def _log(plan: Plan, outcome: Any, result: dict[str, Any]) -> None:
                           " (stopped)" if outcome.stopped else "", result["csv"])
 
 
+def _finish_records(name: str) -> None:
+    """The runs' records went on in the background: wait for them, say what is late."""
+    left = finish_background(timeout=max(30.0, settings.record_timeout()))
+    if left:
+        log.warning("campaign %s: the Prefect records of %d runs are not on the server yet; "
+                    "they are kept in %s and go out in the background (the local server's "
+                    "service, the next nepi-prefect run or `nepi-prefect server flush`)",
+                    name, len(left), settings.journal_dir())
+
+
 class _ProgressArtifact:
-    """The campaign's progress (% of runs ended) as a Prefect progress artifact."""
+    """The campaign's progress (% of runs ended) as a Prefect progress artifact.
+
+    Posted from a thread of its own: a busy server answers 503 and Prefect's client
+    backs off for up to a minute, which must delay the artifact, never the launches.
+    Only the latest figure is posted; ``close`` waits a bounded time for the last one.
+    """
 
     def __init__(self, name: str, key: str):
         self.name = name
         self.key = f"{key}-progress"
         self.artifact_id: Any = None
         self.last = -1.0
+        self._latest: tuple[float, str] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def update(self, counts: dict[str, int]) -> None:
         if FlowRunContext.get() is None:
@@ -169,11 +196,41 @@ class _ProgressArtifact:
         if pct == self.last:
             return
         self.last = pct
-        text = f"campaign {self.name}: {_counts_text(counts)}"
+        with self._lock:
+            self._latest = (pct, f"campaign {self.name}: {_counts_text(counts)}")
+        if self._thread is None:   # the artifact belongs to this flow run: copy its context
+            ctx = contextvars.copy_context()
+            self._thread = threading.Thread(target=ctx.run, args=(self._post_loop,), daemon=True,
+                                            name="nepi-campaign-progress")
+            self._thread.start()
+        self._wake.set()
+
+    def _post_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                latest, self._latest = self._latest, None
+            if latest is not None:
+                try:
+                    self._post(*latest)
+                except Exception as exc:   # progress display must never stop a campaign
+                    log.debug("campaign progress artifact: %s", exc)
+            if self._closing.is_set() and self._latest is None:
+                return
+
+    def _post(self, pct: float, text: str) -> None:
         if self.artifact_id is None:
             self.artifact_id = create_progress_artifact(progress=pct, key=self.key, description=text)
         else:
             update_progress_artifact(self.artifact_id, progress=pct, description=text)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Post the last figure, waiting at most ``timeout`` seconds for the server."""
+        if self._thread is not None:
+            self._closing.set()
+            self._wake.set()
+            self._thread.join(timeout)
 
 
 # -- inside the experiment flow --------------------------------------------------------------------

@@ -70,7 +70,8 @@ def run_point(desc: ExperimentDescription, overrides: dict[str, Any], campaign: 
     of the current flow by its recorder (the run never waits on Prefect's subflow engine),
     its heartbeat and outcome in the campaign store."""
     with RunRecord(campaign, run_key, results_dir) as record:
-        recorder = PrefectRecorder(attach="subflow")
+        # the next run need not wait for this one's record: the campaign waits at its end
+        recorder = PrefectRecorder(attach="subflow", background=True)
         ec = build_experiment(apply_overrides(desc, overrides), recorder=recorder,
                               local_dir=settings.results_root(results_dir))
         summary = run_experiment(ec, timeout=timeout)

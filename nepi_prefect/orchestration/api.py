@@ -10,6 +10,7 @@ public client has no call for. Endpoints as documented in Prefect 3's REST API:
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from typing import Any
 
@@ -17,6 +18,11 @@ import httpx
 import orjson
 
 FLOW_NAME = "nepi-experiment"
+
+#: pauses before posting again when the server answers 503: SQLite refuses a write
+#: at once when another one holds the lock, and it is usually free a moment later
+#: (Prefect's own client waits 2, 4, 8... s: far longer than the lock is held)
+BUSY_RETRIES = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 class PrefectAPI:
@@ -36,7 +42,12 @@ class PrefectAPI:
         self._http.close()
 
     def _post(self, path: str, body: Any) -> Any:
-        response = self._http.post(path, content=orjson.dumps(body))
+        content = orjson.dumps(body)
+        for pause in (*BUSY_RETRIES, None):
+            response = self._http.post(path, content=content)
+            if response.status_code != 503 or pause is None:
+                break
+            time.sleep(pause)
         response.raise_for_status()
         return response.json() if response.content else None
 

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -51,15 +52,20 @@ class PrefectRecorder(Recorder):
         record (default ``$NEPI_PREFECT_RECORD_TIMEOUT`` or 2)
     :param notify: called with a sentence when :meth:`close` has waited a second
         (default: an INFO log line)
+    :param background: :meth:`close` returns once the record is journaled and its
+        flow run opened (at most ``timeout``); the rest goes out while this process
+        lives on, and :func:`finish_background` waits for it (campaigns: the next run
+        starts at once, and one line at the end says what is not on the server yet)
     """
 
     def __init__(self, attach: str = "auto", timeout: float | None = None,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, background: bool = False):
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach must be one of {ATTACH_MODES}, got {attach!r}")
         self.attach = attach
         self.timeout = settings.record_timeout(timeout)
         self.notify = notify or (lambda text: log.info("%s", text))
+        self.background = background
         self._pipeline: Pipeline | None = None
         self._abandoned: tuple[str, str] | None = None   # (final type, message)
         self._closed = False
@@ -113,8 +119,21 @@ class PrefectRecorder(Recorder):
         pipeline = self._pipeline
         pipeline.queue.put(("close", closing))
         pipeline.wake()
+        if self.background:
+            self._wait_for_flow_run(pipeline)
+            with _BACKGROUND_LOCK:
+                _BACKGROUND.append(pipeline)
+            return
         self._wait(pipeline)
         self._report(summary)
+
+    def _wait_for_flow_run(self, pipeline: Pipeline) -> None:
+        """Until the record is journaled and its flow run opened (or ``timeout``)."""
+        pipeline.journaled.wait(60)
+        deadline = time.monotonic() + self.timeout
+        while pipeline.outcome.flow_run_id is None and not pipeline.done.is_set() \
+                and time.monotonic() < deadline:
+            pipeline.done.wait(0.05)
 
     def _wait(self, pipeline: Pipeline) -> None:
         """Until the server accepted the record, or it is safe in the journal and the
@@ -199,6 +218,29 @@ class PrefectRecorder(Recorder):
                         "it is kept in %s and goes out in the background (the local server's "
                         "service, the next nepi-prefect run or `nepi-prefect server flush`)",
                         summary.get("exp_id"), last, outcome.journal)
+
+
+#: records closed in the background, still going to the server
+_BACKGROUND: list[Pipeline] = []
+_BACKGROUND_LOCK = threading.Lock()
+
+
+def finish_background(timeout: float) -> list[str]:
+    """Wait at most ``timeout`` seconds for the records closed with ``background=True``;
+    returns the journals of those the server has not taken (they go out later: the
+    local server's service, the next nepi-prefect run or ``nepi-prefect server flush``)."""
+    deadline = time.monotonic() + timeout
+    with _BACKGROUND_LOCK:
+        pipelines, _BACKGROUND[:] = list(_BACKGROUND), []
+    for pipeline in pipelines:
+        pipeline.done.wait(max(0.0, deadline - time.monotonic()))
+    left = []
+    for pipeline in pipelines:
+        if not pipeline.outcome.delivered:
+            pipeline.stop.set()   # the sender lets the journal go, to be shipped later
+            pipeline.wake()
+            left.append(pipeline.outcome.journal)
+    return left
 
 
 def _interrupted() -> bool:
