@@ -13,9 +13,9 @@ from rich.live import Live
 from rich.table import Table
 
 from nepi_prefect import settings
-from nepi_prefect.flows.campaign import default_name
 from nepi_prefect.results.stoprule import StopRule
-from nepi_prefect.results.store import REDO_CHOICES, STATES, CampaignStore, check_name
+from nepi_prefect.results.store import (REDO_CHOICES, STATES, CampaignStore, check_name,
+                                        default_campaign_name)
 from nepi_prefect.spec.io import parse_document, read_description, read_sweep, sweep_points
 from nepi_prefect.spec.models import ExperimentDescription
 
@@ -75,7 +75,7 @@ def run_sweep(args: argparse.Namespace, desc: ExperimentDescription, grid: dict,
 
     root = settings.results_root(args.results)
     spec_points = _points(desc, grid, points, repeat, concurrency)
-    name = check_name(args.campaign) if args.campaign else default_name(desc, spec_points)
+    name = check_name(args.campaign) if args.campaign else default_campaign_name(desc.name, desc.model_dump(mode="json"), spec_points)
     with _LiveProgress(name, root, out):
         state = sweep_flow(description=desc, grid=grid, points=points, repeat=repeat,
                            max_concurrency=concurrency, results_dir=root, timeout=args.timeout,

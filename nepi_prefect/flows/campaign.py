@@ -22,6 +22,7 @@ from nepi_prefect.results.store import (
     RUNNING,
     TODO,
     CampaignStore,
+    default_campaign_name,
     digest,
     point_key,
 )
@@ -62,8 +63,7 @@ class Plan:
 def default_name(desc: ExperimentDescription, points: list[dict[str, Any]]) -> str:
     """The campaign of a description and its points when the user names none: running
     the same sweep again resumes it."""
-    base = "".join(c if c.isalnum() or c in "-_." else "-" for c in (desc.name or "experiment"))
-    return f"{base}-{digest([desc.model_dump(mode='json'), points], 8)}"
+    return default_campaign_name(desc.name, desc.model_dump(mode="json"), points)
 
 
 def prepare(plan: Plan, root: str | None, redo: str | None = None) -> CampaignStore:

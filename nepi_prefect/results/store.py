@@ -70,6 +70,14 @@ def digest(value: Any, size: int = 16) -> str:
     return hashlib.sha256(_canonical(value).encode()).hexdigest()[:size]
 
 
+def default_campaign_name(name: str | None, description: dict[str, Any],
+                          points: list[dict[str, Any]]) -> str:
+    """The campaign of a description (as JSON) and its points when the user names none:
+    running the same sweep again resumes it."""
+    base = "".join(c if c.isalnum() or c in "-_." else "-" for c in (name or "experiment"))
+    return f"{base}-{digest([description, points], 8)}"
+
+
 def point_key(desc_hash: str, params: dict[str, Any]) -> str:
     """The stable key of a point: the description's hash and the point's values."""
     return "p" + digest([desc_hash, params], 12)
