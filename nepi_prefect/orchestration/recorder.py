@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from nepi_prefect import settings
 from nepi_prefect.execution.recording import ActionRun, Recorder
+from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.orchestration.artifacts import summary_artifact
 from nepi_prefect.orchestration.delivery import Delivery, Target
@@ -39,6 +40,8 @@ log = logging.getLogger("nepi_prefect.orchestration")
 ATTACH_MODES = ("auto", "current", "subflow", "new")
 ABANDON_TIMEOUT = 10.0
 NOTIFY_AFTER = 1.0     # seconds of waiting in close() before saying what for
+#: seconds close() may wait while the local server it needs is still starting
+SERVER_START_WAIT = 30.0
 
 
 class PrefectRecorder(Recorder):
@@ -140,10 +143,15 @@ class PrefectRecorder(Recorder):
         server is not taking it (unreachable, or ``timeout`` ran out)."""
         started = time.monotonic()
         told = False
+        limit = self.timeout
         pipeline.journaled.wait(60)
         while not pipeline.done.wait(0.05):
             waited = time.monotonic() - started
-            if waited >= self.timeout or pipeline.failed_after_close.is_set():
+            if _local_server_starting(pipeline):
+                # A first run on a fresh PREFECT_HOME: the server it started is coming up.
+                # Worth waiting for (once), rather than leaving the record to the background.
+                limit = max(limit, min(waited + self.timeout, SERVER_START_WAIT))
+            if waited >= limit or pipeline.failed_after_close.is_set():
                 break
             if not told and waited >= NOTIFY_AFTER:
                 told = True
@@ -218,6 +226,13 @@ class PrefectRecorder(Recorder):
                         "it is kept in %s and goes out in the background (the local server's "
                         "service, the next nepi-prefect run or `nepi-prefect server flush`)",
                         summary.get("exp_id"), last, outcome.journal)
+
+
+def _local_server_starting(pipeline: Pipeline) -> bool:
+    """The record waits for the local server, whose process lives but does not answer yet."""
+    delivery = pipeline.delivery
+    return delivery.api is None and delivery.target.api_url is None and \
+        local_server.running() is not None
 
 
 #: records closed in the background, still going to the server
