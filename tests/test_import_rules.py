@@ -1,5 +1,6 @@
-"""Imports flow one way: transport, resources and spec know nothing of Prefect
-or of the Prefect bridge (anything they need from it is lent to them)."""
+"""Imports flow one way: the engine imports only itself, ``util`` and ``settings``;
+transport, resources and spec know nothing of Prefect or of the Prefect bridge
+(anything they need from it is lent to them); nothing imports by string."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ FORBIDDEN = {
 }
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """Every module ``path`` imports, at any depth (``import x``, ``from x import y``);
-    an import by string (``importlib.import_module``, ``__import__``) counts as ``"<by string>"``."""
+def _imports(path: Path, package: str = "") -> list[tuple[int, str]]:
+    """Every module ``path`` imports, at any depth (``import x``, ``from x import y`` as
+    ``x.y``; a relative import resolved against ``package``); an import by string
+    (``importlib.import_module``, ``__import__``) counts as ``"<by string>"`` and an
+    ``if TYPE_CHECKING:`` block as ``"TYPE_CHECKING"``."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) \
@@ -31,9 +34,47 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             found.append((node.lineno, "<by string>"))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            base = node.module if node.level == 0 else package
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            found.append((node.lineno, "TYPE_CHECKING"))
     return found
+
+
+#: the engine imports only these of the project, and never these foreign modules
+ENGINE_ALLOWED = ("nepi_prefect.execution", "nepi_prefect.util", "nepi_prefect.settings")
+ENGINE_FOREIGN = ("prefect", "paramiko", "yaml")
+
+
+def test_execution_imports_only_execution_util_and_settings():
+    bad = [f"{path.name}:{line}: {name}"
+           for path in sorted((PACKAGE / "execution").glob("*.py"))
+           for line, name in _imports(path, "nepi_prefect.execution")
+           if name in ("TYPE_CHECKING", "<by string>") or name.startswith(ENGINE_FOREIGN)
+           or (name.startswith("nepi_prefect") and not name.startswith(ENGINE_ALLOWED))]
+    assert not bad, "the engine imports above itself:\n" + "\n".join(bad)
+
+
+def _loads_without(imports: str, forbidden: tuple[str, ...]) -> None:
+    """A fresh interpreter runs ``imports``; none of ``forbidden`` is loaded after."""
+    code = (f"import sys\n{imports}\n"
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r} "
+            f"or m.startswith({forbidden!r}))\n"
+            "print(bad)\nsys.exit(1 if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_engine_loads_alone():
+    _loads_without("import nepi_prefect.execution.ec, nepi_prefect.execution.runner",
+                   ("prefect", "paramiko", "nepi_prefect.orchestration", "nepi_prefect.resources",
+                    "nepi_prefect.transport", "nepi_prefect.spec", "nepi_prefect.flows"))
+
+
+def test_the_cli_starts_without_prefect():
+    """Prefect takes a second or more to import: only the commands that use it load it."""
+    _loads_without("import nepi_prefect.cli\nnepi_prefect.cli.build_parser()", ("prefect",))
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
@@ -46,17 +87,11 @@ def test_layer_imports_nothing_above_it(layer):
 
 
 def test_lower_layers_load_without_prefect():
-    code = ("import sys, importlib, pkgutil\n"
-            "import nepi_prefect.transport.ssh, nepi_prefect.transport.local, "
-            "nepi_prefect.transport.credentials\n"
-            "import nepi_prefect.resources.linux.node, nepi_prefect.resources.linux.application\n"
-            "import nepi_prefect.spec.io, nepi_prefect.spec.run\n"
-            "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith("
-            "('prefect.', 'nepi_prefect.orchestration')))\n"
-            "print(bad)\n"
-            "sys.exit(1 if bad else 0)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _loads_without("import nepi_prefect.transport.ssh, nepi_prefect.transport.local, "
+                   "nepi_prefect.transport.credentials\n"
+                   "import nepi_prefect.resources.linux.node, nepi_prefect.resources.linux.application\n"
+                   "import nepi_prefect.spec.io, nepi_prefect.spec.run",
+                   ("prefect", "nepi_prefect.orchestration"))
 
 
 def test_the_node_does_not_import_its_applications():
