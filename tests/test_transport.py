@@ -47,7 +47,7 @@ def test_many_commands_share_few_channels(ssh):
         outs = list(pool.map(lambda i: ssh.run(f"echo {i}").stdout, range(300)))
     assert outs == [f"{i}\n" for i in range(300)]
     assert time.monotonic() - start < 10
-    assert ssh._nshells <= ssh.config.max_channels
+    assert ssh._pool.count <= ssh.config.max_channels
 
 
 def test_files_write_read_size_and_put(ssh, tmp_path):

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import os
 import selectors
-import shlex
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 from nepi_prefect.transport.base import CommandResult, TransportError, TransportTimeout
 from nepi_prefect.transport.local import LocalTransport
+from nepi_prefect.transport.pool import ShellPool, framed, parse_frame
 
 NETNS_DIR = "/run/netns"
 #: persistent shells per host: concurrent commands beyond this wait for one
@@ -53,12 +52,8 @@ class _Shell:
     def run(self, command: str, timeout: float | None) -> CommandResult:
         self.count += 1
         mark = f"__NEPI_END_{self.tag}_{self.count}__"
-        # eval of a quoted string in a subshell: neither a syntax error nor an
-        # `exit` in the command can touch the shell or the framing
-        script = (f"( eval {shlex.quote(command)} ) </dev/null; "
-                  f"printf '\\n{mark} %d\\n' $?; printf '\\n{mark}\\n' >&2\n")
         try:
-            self.proc.stdin.write(script.encode())
+            self.proc.stdin.write(framed(command, mark))
             self.proc.stdin.flush()
         except OSError:
             raise TransportError("the namespace shell exited") from None
@@ -66,7 +61,7 @@ class _Shell:
         return self._collect(mark.encode(), deadline)
 
     def _collect(self, mark: bytes, deadline: float | None) -> CommandResult:
-        omark, emark = b"\n" + mark + b" ", b"\n" + mark + b"\n"
+        emark = b"\n" + mark + b"\n"
         bufs = {self.proc.stdout.fileno(): bytearray(), self.proc.stderr.fileno(): bytearray()}
         out_fd, err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
         out_end = err_end = None
@@ -84,10 +79,8 @@ class _Shell:
                         raise TransportError("the namespace shell exited")
                     bufs[key.fd] += data
                 out, err = bufs[out_fd], bufs[err_fd]
-                if out_end is None and (idx := out.find(omark)) >= 0:
-                    nl = out.find(b"\n", idx + len(omark))
-                    if nl >= 0:
-                        rc, out_end = int(out[idx + len(omark):nl]), idx
+                if out_end is None and (found := parse_frame(out, mark)) is not None:
+                    out_end, rc = found
                 if err_end is None and (idx := err.find(emark)) >= 0:
                     err_end = idx
         return CommandResult(bytes(bufs[out_fd][:out_end]).decode(errors="replace"),
@@ -116,10 +109,7 @@ class NetnsTransport(LocalTransport):
         self._setup = setup
         self.label = f"netns:{netns}"
         self._argv = netns_argv(netns)
-        self._max = max_shells
-        self._idle: list[_Shell] = []
-        self._nshells = 0
-        self._cond = threading.Condition()
+        self._pool: ShellPool[_Shell] = ShellPool(max_shells, self._open_shell)
 
     def connect(self) -> None:
         if not os.path.exists(f"{NETNS_DIR}/{self.netns}"):
@@ -128,51 +118,14 @@ class NetnsTransport(LocalTransport):
             self.run(self._setup, timeout=60).check(f"{self.label}: setting up")
 
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        shell = self._acquire()
-        try:
-            result = shell.run(command, timeout)
-        except TransportTimeout:
-            self._discard(shell)
-            raise TransportTimeout(f"{self.label}: command timed out after {timeout}s") from None
-        except Exception as exc:
-            self._discard(shell)
-            raise TransportError(f"{self.label}: {exc}") from None
-        with self._cond:
-            self._idle.append(shell)
-            self._cond.notify()
-        return result
+        return self._pool.run(command, timeout, self.label, str)
 
-    def _acquire(self) -> _Shell:
-        with self._cond:
-            while True:
-                while self._idle:
-                    shell = self._idle.pop()
-                    if shell.alive():
-                        return shell
-                    shell.close()
-                    self._nshells -= 1
-                if self._nshells < self._max:
-                    self._nshells += 1
-                    break
-                self._cond.wait(1.0)
+    def _open_shell(self, _context: object) -> _Shell:
         try:
             return _Shell(self._argv)
         except OSError as exc:
-            with self._cond:
-                self._nshells -= 1
-                self._cond.notify()
             raise TransportError(f"{self.label}: cannot start a shell: {exc}") from None
-
-    def _discard(self, shell: _Shell) -> None:
-        shell.close()
-        with self._cond:
-            self._nshells = max(0, self._nshells - 1)
-            self._cond.notify()
 
     def close(self) -> None:
         """Stop the shells (commands started detached, like applications, run on)."""
-        with self._cond:
-            idle, self._idle = self._idle, []
-            self._nshells -= len(idle)
-        for shell in idle:
-            shell.close()
+        self._pool.close_idle()

@@ -26,13 +26,12 @@ import paramiko
 
 from nepi_prefect.transport.base import CommandResult, Transport, TransportError, TransportTimeout
 from nepi_prefect.transport.bulk import bulk_read_snippet, parse_bulk
+from nepi_prefect.transport.pool import ShellPool, ShellRefused, framed, parse_frame
 
 # paramiko logs tracebacks for failures this module reports itself, clearly
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 _SHELL = "exec bash --noprofile --norc -s"
-#: commands at least this long (bytes) are read by head, not byte by byte by bash
-_BIG = 4096
 
 
 @dataclass
@@ -82,25 +81,14 @@ class _Shell:
     def run(self, command: str, timeout: float | None) -> CommandResult:
         self.count += 1
         mark = f"__NEPI_END_{self.tag}_{self.count}__"
-        # eval of a quoted string: a syntax error in the command cannot
-        # confuse the framing of the shell that reads this script.
-        tail = f"printf '\\n{mark} %d\\n' $?; printf '\\n{mark}\\n' >&2\n"
-        body = command.encode()
-        if len(body) < _BIG:
-            script = f"( eval {shlex.quote(command)} ) </dev/null; {tail}".encode()
-        else:
-            # bash reads a pipe one byte per read(2), to leave what follows a
-            # command alone; head reads a big batch (fan-out) in blocks instead
-            script = (f'__nepi_c="$(head -c {len(body)})"\n'.encode() + body
-                      + f'( eval "$__nepi_c" ) </dev/null; {tail}'.encode())
-        self.chan.sendall(script)
+        self.chan.sendall(framed(command, mark, big_ok=True))
         deadline = None if timeout is None else time.monotonic() + timeout
         out, err, rc = self._collect(mark.encode(), deadline)
         return CommandResult(out.decode(errors="replace"), err.decode(errors="replace"), rc)
 
     def _collect(self, mark: bytes, deadline: float | None) -> tuple[bytes, bytes, int]:
         chan = self.chan
-        omark, emark = b"\n" + mark + b" ", b"\n" + mark + b"\n"
+        emark = b"\n" + mark + b"\n"
         out, err = bytearray(), bytearray()
         out_end = err_end = None
         rc = -1
@@ -122,12 +110,8 @@ class _Shell:
                 raise TransportError("the remote shell closed")
             if out_end is None:
                 out += data
-                idx = out.find(omark)
-                if idx >= 0:
-                    nl = out.find(b"\n", idx + len(omark))
-                    if nl >= 0:
-                        rc = int(out[idx + len(omark):nl])
-                        out_end = idx
+                if (found := parse_frame(out, mark)) is not None:
+                    out_end, rc = found
             elif err_end is None:
                 err += data
                 idx = err.find(emark)
@@ -152,10 +136,8 @@ class SSHTransport(Transport):
         self._gw_client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._sftp_lock = threading.Lock()
-        self._pool_cond = threading.Condition()
-        self._idle: list[_Shell] = []
-        self._nshells = 0
-        self._max = max(1, config.max_channels)
+        self._pool: ShellPool[_Shell] = ShellPool(config.max_channels, self._open_shell,
+                                                  self._ensure_connected)
 
     # -- connection ------------------------------------------------------
     def connect(self) -> None:
@@ -164,14 +146,14 @@ class SSHTransport(Transport):
     def warm(self, sessions: int) -> None:
         """Open up to ``sessions`` shells at once, in background threads: each costs
         the host a shell start (~100 ms) that would otherwise come one at a time."""
-        count = min(sessions, self._max) - self._nshells
+        count = min(sessions, self._pool.size) - self._pool.count
         if count <= 0:
             return
         gate = threading.Barrier(count, timeout=self.config.connect_timeout)
 
         def one() -> None:
             try:
-                shell = self._acquire()
+                shell = self._pool.acquire()
             except Exception:
                 return  # warming is best effort; run() reports real trouble
             try:
@@ -179,7 +161,7 @@ class SSHTransport(Transport):
             except threading.BrokenBarrierError:
                 pass
             finally:
-                self._give_back(shell)
+                self._pool.give_back(shell)
 
         for i in range(count):
             threading.Thread(target=one, name=f"nepi-warm-{self.label}-{i}", daemon=True).start()
@@ -280,12 +262,7 @@ class SSHTransport(Transport):
 
     def _drop(self) -> None:
         """Forget the connection and everything on it (the caller holds _lock)."""
-        with self._pool_cond:
-            for shell in self._idle:
-                shell.close()
-            self._idle.clear()
-            self._nshells = 0
-            self._pool_cond.notify_all()
+        self._pool.close_idle(forget_busy=True)
         with self._sftp_lock:
             if self._sftp is not None:
                 try:
@@ -304,57 +281,16 @@ class SSHTransport(Transport):
 
     # -- commands ----------------------------------------------------------
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
-        shell = self._acquire()
-        try:
-            result = shell.run(command, timeout)
-        except TransportTimeout:
-            self._discard(shell)
-            raise TransportTimeout(f"{self.label}: command timed out after {timeout}s") from None
-        except Exception as exc:
-            self._discard(shell)
-            raise TransportError(f"{self.label}: connection lost while running a command: "
-                                 f"{_reason(exc, timeout)}") from None
-        self._give_back(shell)
-        return result
+        return self._pool.run(command, timeout, self.label, lambda exc: (
+            f"connection lost while running a command: {_reason(exc, timeout)}"))
 
-    def _acquire(self) -> _Shell:
-        while True:
-            tr = self._ensure_connected()
-            with self._pool_cond:
-                while self._idle:
-                    shell = self._idle.pop()
-                    if shell.alive():
-                        return shell
-                    shell.close()
-                    self._nshells -= 1
-                if self._nshells < self._max:
-                    self._nshells += 1
-                    break
-                self._pool_cond.wait(1.0)
+    def _open_shell(self, tr: paramiko.Transport) -> _Shell:
         try:
             return _Shell(tr, self.config.connect_timeout)
         except paramiko.ChannelException:
-            # sshd refused one more session (MaxSessions): live with fewer
-            with self._pool_cond:
-                self._nshells -= 1
-                self._max = max(1, self._nshells)
-            return self._acquire()
+            raise ShellRefused() from None  # sshd's MaxSessions: live with fewer
         except Exception as exc:
-            with self._pool_cond:
-                self._nshells -= 1
-                self._pool_cond.notify()
             raise TransportError(f"{self.label}: cannot open a channel: {_reason(exc, None)}") from None
-
-    def _give_back(self, shell: _Shell) -> None:
-        with self._pool_cond:
-            self._idle.append(shell)
-            self._pool_cond.notify()
-
-    def _discard(self, shell: _Shell) -> None:
-        shell.close()
-        with self._pool_cond:
-            self._nshells = max(0, self._nshells - 1)
-            self._pool_cond.notify()
 
     # -- files (one SFTP session) ---------------------------------------------
     def _with_sftp(self, op):
