@@ -125,7 +125,8 @@ class ShellPool(Generic[S]):
     def run(self, command: str, timeout: float | None, label: str,
             explain: Callable[[Exception], str]) -> CommandResult:
         """Run ``command`` on a pooled shell. A shell that failed is discarded and
-        the failure raised as a TransportError: ``<label>: <explain(exc)>``."""
+        the failure raised as a TransportError ``<label>: <explain(exc)>`` (of the
+        shell's error's kind when it gave one)."""
         shell = self.acquire()
         try:
             result = shell.run(command, timeout)
@@ -134,7 +135,8 @@ class ShellPool(Generic[S]):
             raise TransportTimeout(f"{label}: command timed out after {timeout}s") from None
         except Exception as exc:
             self.discard(shell)
-            raise TransportError(f"{label}: {explain(exc)}") from None
+            kind = exc.kind if isinstance(exc, TransportError) else "lost"
+            raise TransportError(f"{label}: {explain(exc)}", kind) from None
         self.give_back(shell)
         return result
 

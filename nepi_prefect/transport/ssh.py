@@ -72,6 +72,14 @@ class _Shell:
         self.chan.exec_command(_SHELL)
         self.tag = os.urandom(6).hex()
         self.count = 0
+        # sshd starts the shell through the user's login shell, which sources
+        # login files (~/.bashrc) first: they may print, or hang (a stale pyenv
+        # rehash lock: 60 s). The first script opens with a banner on both
+        # streams; what comes before it is theirs, and it must come in time.
+        self.start_limit = timeout
+        self.started = False
+        self.ready_by = 0.0  # set when the first script goes (a warmed shell may wait idle)
+        self.banner = f"__NEPI_READY_{self.tag}__".encode()
 
     def alive(self) -> bool:
         chan = self.chan
@@ -81,10 +89,28 @@ class _Shell:
     def run(self, command: str, timeout: float | None) -> CommandResult:
         self.count += 1
         mark = f"__NEPI_END_{self.tag}_{self.count}__"
-        self.chan.sendall(framed(command, mark, big_ok=True))
+        script = framed(command, mark, big_ok=True)
+        if not self.started:
+            self.ready_by = time.monotonic() + self.start_limit
+            banner = self.banner.decode()
+            script = f"printf '{banner}\\n'; printf '{banner}\\n' >&2\n".encode() + script
+        self.chan.sendall(script)
         deadline = None if timeout is None else time.monotonic() + timeout
         out, err, rc = self._collect(mark.encode(), deadline)
         return CommandResult(out.decode(errors="replace"), err.decode(errors="replace"), rc)
+
+    def _check_started(self, out: bytearray) -> None:
+        """Raise if the first script's banner is not in yet and its time is up."""
+        if self.banner not in out and time.monotonic() > self.ready_by:
+            raise TransportError(
+                f"the login shell did not start within {self.start_limit}s (a login file "
+                f"such as ~/.bashrc is slow or waits, e.g. on a stale lock)", "timeout")
+
+    def _after_banner(self, data: bytes) -> bytes:
+        """``data`` without what login files printed before the banner line."""
+        line = self.banner + b"\n"
+        idx = data.find(line)
+        return data if idx < 0 else data[idx + len(line):]
 
     def _collect(self, mark: bytes, deadline: float | None) -> tuple[bytes, bytes, int]:
         chan = self.chan
@@ -95,6 +121,8 @@ class _Shell:
         while out_end is None or err_end is None:
             if deadline is not None and time.monotonic() > deadline:
                 raise TransportTimeout("command timed out")
+            if not self.started:
+                self._check_started(out)
             while chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
             if err_end is None:
@@ -116,7 +144,11 @@ class _Shell:
                 err += data
                 idx = err.find(emark)
                 err_end = idx if idx >= 0 else None
-        return bytes(out[:out_end]), bytes(err[:err_end]), rc
+        out, err = bytes(out[:out_end]), bytes(err[:err_end])
+        if not self.started:
+            out, err = self._after_banner(out), self._after_banner(err)
+            self.started = True
+        return out, err, rc
 
     def close(self) -> None:
         try:
@@ -282,6 +314,7 @@ class SSHTransport(Transport):
     # -- commands ----------------------------------------------------------
     def run(self, command: str, timeout: float | None = None) -> CommandResult:
         return self._pool.run(command, timeout, self.label, lambda exc: (
+            str(exc) if isinstance(exc, TransportError) and exc.kind != "lost" else
             f"connection lost while running a command: {_reason(exc, timeout)}"))
 
     def _open_shell(self, tr: paramiko.Transport) -> _Shell:
