@@ -10,7 +10,10 @@ shutdown. Each measurement runs in its own subprocess, so peak memory
 * ``engine``: nepi-prefect, no record;
 * ``prefect``: nepi-prefect with the Prefect record on a local ``prefect server``
   on a free port (started here, under a temporary PREFECT_HOME; if it does not
-  come up within the fixture's time limit, this mode is skipped and says so).
+  come up within the fixture's time limit, this mode is skipped and says so);
+* ``cli`` / ``cli-none``: the whole command ``nepi-prefect run DESCRIPTION`` of a
+  description of the same hosts and apps (every stdout collected and checked),
+  timed from start to exit, with the record on (``cli``) or ``--recorder none``.
 
     python benchmarks/bench_many_hosts.py [--sizes 5x10 20x50] [--modes apssh engine prefect]
 
@@ -136,6 +139,47 @@ def _run(mode: str, hosts: list[dict], n: int, env: dict[str, str], tmp: str) ->
     return f"failed: {(proc.stderr or proc.stdout).strip()[-800:]}"
 
 
+def _description(hosts: list[dict], n: int) -> dict:
+    """The experiment as a description for ``nepi-prefect run``."""
+    resources, connections = [], []
+    for h, attrs in enumerate(hosts):
+        resources.append({"name": f"node{h}", "rtype": "LinuxNode",
+                          "attributes": {**attrs, "cleanExperiment": True}})
+        for i in range(n):
+            resources.append({"name": f"app{h}_{i}", "rtype": "LinuxApplication",
+                              "attributes": {"command": f"echo hello-{h}-{i}"},
+                              "collect": ["stdout"]})
+            connections.append([f"node{h}", f"app{h}_{i}"])
+    apps = [r["name"] for r in resources if r["rtype"] == "LinuxApplication"]
+    return {"name": f"hosts-{len(hosts)}x{n}", "resources": resources,
+            "connections": connections, "wait_for": apps, "timeout": "10m"}
+
+
+def _run_cli(hosts: list[dict], n: int, env: dict[str, str], tmp: str, record: bool) -> dict | str:
+    """Time ``nepi-prefect run`` of the description as a whole process."""
+    desc = os.path.join(tmp, f"hosts-{len(hosts)}x{n}.json")
+    with open(desc, "w") as f:
+        json.dump(_description(hosts, n), f)
+    results = tempfile.mkdtemp(prefix="nepi-bench-cli-", dir=tmp)
+    cli = os.path.join(os.path.dirname(sys.executable), "nepi-prefect")
+    start = time.perf_counter()
+    proc = subprocess.run([cli, "run", desc, "--recorder", "prefect" if record else "none",
+                           "--results", results], env=env, capture_output=True, text=True,
+                          timeout=1200)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        return f"failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-800:]}"
+    outs = []
+    for root, _dirs, files in os.walk(results):
+        if "stdout" in files and "LinuxApplication" in root:
+            with open(os.path.join(root, "stdout")) as f:
+                outs.append(f.read())
+    want = sorted(_expected(h, i) for h in range(len(hosts)) for i in range(n))
+    if sorted(outs) != want:
+        return f"wrong stdout: {len(outs)} collected, {len(want)} expected"
+    return {"command_s": elapsed}
+
+
 def _apssh_installed() -> bool:
     try:
         import apssh  # noqa: F401
@@ -148,7 +192,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["5x10", "20x50"])
     parser.add_argument("--modes", nargs="+", default=["apssh", "engine", "prefect"],
-                        choices=("apssh", "engine", "prefect"))
+                        choices=("apssh", "engine", "prefect", "cli", "cli-none"))
     parser.add_argument("--child", nargs=3, metavar=("MODE", "HOSTS_JSON", "N"))
     args = parser.parse_args()
     if args.child:
@@ -170,7 +214,7 @@ def main() -> int:
     lab = start_hosts(max(h for h, _ in sizes))
     failed = False
     try:
-        if "prefect" in modes:
+        if "prefect" in modes or "cli" in modes:
             from tests.fixtures.prefect_api import free_port, launch_server
 
             home = Path(tmp) / "prefect-home"
@@ -182,16 +226,22 @@ def main() -> int:
             except RuntimeError as exc:  # a loaded machine: say so, measure the rest
                 # (not Prefect's ephemeral API: its server process outlives the child)
                 print(f"no figures with the record: {str(exc).splitlines()[0]}")
-                modes.remove("prefect")
+                modes = [m for m in modes if m not in ("prefect", "cli")]
         print(f"{len(lab.hosts)} namespace hosts up ({lab.prefix}*, 10.{lab.block}.0.0/16)")
         for h, n in sizes:
             hosts = [host.node_attrs() for host in lab.hosts[:h]]
-            figures = {mode: _run(mode, hosts, n, env, tmp) for mode in modes}
+            figures = {mode: _run_cli(hosts, n, env, tmp, record=(mode == "cli"))
+                       if mode.startswith("cli") else _run(mode, hosts, n, env, tmp)
+                       for mode in modes}
             ref = figures.get("apssh")
             for mode, res in figures.items():
                 if isinstance(res, str):
                     print(f"  {h:3d} x {n:3d}  {mode:8s} {res}")
                     failed = True
+                    continue
+                if "command_s" in res:
+                    print(f"  {h:3d} x {n:3d}  {mode:8s} whole command (nepi-prefect run) "
+                          f"{res['command_s']:6.2f} s", flush=True)
                     continue
                 print(f"  {h:3d} x {n:3d}  {mode:8s} deploy->stdout {res['run_s']:6.2f} s   "
                       f"release {res['release_s']:5.2f} s   release+shutdown "
