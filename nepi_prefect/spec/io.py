@@ -47,12 +47,17 @@ _ORIGINS: "weakref.WeakKeyDictionary[ExperimentController, tuple[dict[int, str],
 
 COLLECTOR_TRACE_ATTR = "traceName"
 
+# libyaml when PyYAML has it: the pure-Python loader took 3.3 s of a 20-host x
+# 50-app description (and its dumper 2.4 s for the saved copy); same safe schema
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 # -- parsing ----------------------------------------------------------------------------
 def parse_document(text: str, source: str | None = None) -> Any:
     """YAML or JSON text (JSON is YAML) as Python data."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -177,7 +182,7 @@ def write_description(desc: ExperimentDescription, path: str | os.PathLike,
     if path.endswith(".json"):
         text = json.dumps(data, indent=2) + "\n"
     else:
-        text = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+        text = header + yaml.dump(data, Dumper=_DUMPER, sort_keys=False, default_flow_style=None)
     Path(path).write_text(text)
     return path
 
