@@ -15,11 +15,13 @@ Layout on the host::
 
 from __future__ import annotations
 
+import re
 import shlex
 import threading
 from typing import Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
+from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.facts import BackgroundFacts
 from nepi_prefect.resources.linux.hostops import HostBatcher
@@ -31,6 +33,24 @@ from nepi_prefect.transport.local import LocalTransport
 from nepi_prefect.transport.ssh import SSHConfig, SSHTransport
 
 LOCALHOSTS = ("localhost",)
+#: a home is substituted into shell text (``${NODE_HOME}``...): only characters
+#: that need no quoting (shlex's safe set), absolute, and no ``..`` component
+_SAFE_HOME = re.compile(r"^/[A-Za-z0-9@%+=:,./_-]*$")
+
+
+def home_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a node's home, or None."""
+    if not _SAFE_HOME.match(value) or ".." in value.split("/"):
+        return (f"got {value!r}; expected an absolute path of letters, digits and "
+                f"'@%+=:,./_-' (no '..', no spaces or shell characters)")
+    return None
+
+
+def _check_home(_old: str | None, new: str | None) -> str | None:
+    problem = home_problem(new) if new is not None else None
+    if problem:
+        raise AttributeValueError(f"attribute 'home': {problem}")
+    return new
 
 
 class NodeError(RuntimeError):
@@ -56,7 +76,8 @@ class LinuxNode(ResourceManager):
             ("identity", "Path of the SSH private key", {}),
             ("knownHosts", "known_hosts file used to verify the host key",
              {"default": "~/.ssh/known_hosts"}),
-            ("home", "Base directory on the host (default: the user's home)", {}),
+            ("home", "Base directory on the host (default: the user's home); an absolute "
+                     "path without spaces or shell characters", {"set_hook": _check_home}),
             ("gateway", "Jump host to reach the node through (SSH direct-tcpip)", {}),
             ("gatewayUser", "User on the gateway (default: username)", {}),
             ("credentials", "Name of saved SSH credentials (a Prefect block) that give "
@@ -250,6 +271,9 @@ class LinuxNode(ResourceManager):
             raise NodeError(self.failure) from None
         lines = result.stdout.splitlines() + ["", "", ""]
         self._home = lines[0].strip() or "/tmp"
+        if home_problem(self._home):  # the host's $HOME: it is substituted into commands
+            raise NodeError(f"LinuxNode {self.guid}: the home found on the host is not "
+                            f"usable: {home_problem(self._home)}; set 'home'")
         self._is_root = lines[1].strip() == "0"
         self._pkg_manager = lines[2].strip().rsplit("/", 1)[-1] or None
         if self.get("home") is None:
