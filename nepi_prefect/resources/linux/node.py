@@ -15,6 +15,7 @@ Layout on the host::
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import threading
@@ -203,8 +204,27 @@ class LinuxNode(ResourceManager):
             self.ec.schedule("0s", callback)
 
     def host_lost(self, reason: str) -> None:
-        """The monitor found the host gone: remembered for the per-host report."""
+        """The monitor found the host gone for good: the node and every RM on it FAIL
+        with ``reason`` (which names the node and the cause), on the dispatcher."""
         self._host_failure = ("lost", reason)
+        self.ec.schedule("0s", functools.partial(self._lose, reason))
+
+    def _lose(self, reason: str) -> None:
+        """Its RMs, then the node, in this one task and before any is logged: the first
+        critical failure aborts the experiment and schedules the releases, which must
+        find every one of them FAILED already."""
+        if self.state in (ResourceState.FAILED, ResourceState.RELEASED):
+            return
+        ending = (ResourceState.FINISHED, ResourceState.FAILED, ResourceState.STOPPED,
+                  ResourceState.RELEASED)
+        lost = [rm for rm in self.get_connected() if rm.state not in ending]
+        for rm in lost:
+            rm.failure = f"{rm.get_rtype()} {rm.guid}: {reason}"
+        self.failure = reason
+        for rm in lost + [self]:
+            rm.fail()
+        for rm in lost + [self]:
+            rm.error(rm.failure)
 
     def host_report(self) -> dict:
         """How this host fared: reachable or why not, and how its RMs ended."""
