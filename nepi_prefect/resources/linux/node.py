@@ -66,7 +66,10 @@ class LinuxNode(ResourceManager):
     _help = "A Linux host reached over SSH; hostname 'localhost' runs locally without SSH."
     _platform = "linux"
     _connects_to = ("LinuxApplication", "Collector")  # apps run on one node; nodes do not connect
-    _run_state_fields = ("hostname", "username", "port", "node_home")  # for the run-state file
+    # for the run-state file: where the host is and how to log in again (no secret)
+    _run_state_fields = ("hostname", "username", "port", "node_home", "identity", "knownHosts",
+                         "acceptUnknownHostKeys", "connectTimeout", "gateway", "gatewayUser",
+                         "gatewayPort", "credentials")
 
     @classmethod
     def _register_attributes(cls) -> None:
