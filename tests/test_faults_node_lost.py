@@ -47,6 +47,19 @@ def _kill_for_good(server) -> None:
     server.proc.wait(10)
 
 
+def _node_with_apps(ec, server, commands: list[str]) -> tuple[int, list[int]]:
+    node = ec.register_resource("LinuxNode")
+    for k, v in node_attrs(server, connectTimeout=3.0).items():
+        ec.set(node, k, v)
+    apps = []
+    for command in commands:
+        app = ec.register_resource("LinuxApplication")
+        ec.set(app, "command", command)
+        ec.register_connection(app, node)
+        apps.append(app)
+    return node, apps
+
+
 def _pgrep(marker: str) -> str:
     return subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
 
@@ -58,15 +71,8 @@ def test_sshd_killed_for_good_fails_node_and_apps(tmp_path, monkeypatch):
     ec = ExperimentController(exp_id="node-lost", local_dir=str(tmp_path / "results"),
                               recorder=Recorder())
     try:
-        node = ec.register_resource("LinuxNode")
-        for k, v in node_attrs(server, connectTimeout=3.0).items():
-            ec.set(node, k, v)
-        apps = []
-        for i in range(5):
-            app = ec.register_resource("LinuxApplication")
-            ec.set(app, "command", f"exec -a {marker}-{i} sleep 300")
-            ec.register_connection(app, node)
-            apps.append(app)
+        node, apps = _node_with_apps(ec, server,
+                                     [f"exec -a {marker}-{i} sleep 300" for i in range(5)])
         ec.deploy()
         assert ec.wait_started(apps, timeout=60)
         assert wait_until(lambda: _pgrep(marker).count(marker) == 5, timeout=30)
@@ -111,15 +117,7 @@ def test_sshd_back_within_the_grace_is_survived(tmp_path, monkeypatch):
     ec = ExperimentController(exp_id="node-back", local_dir=str(tmp_path / "results"),
                               recorder=Recorder())
     try:
-        node = ec.register_resource("LinuxNode")
-        for k, v in node_attrs(server, connectTimeout=3.0).items():
-            ec.set(node, k, v)
-        apps = []
-        for _ in range(3):
-            app = ec.register_resource("LinuxApplication")
-            ec.set(app, "command", "sleep 6")
-            ec.register_connection(app, node)
-            apps.append(app)
+        node, apps = _node_with_apps(ec, server, ["sleep 6"] * 3)
         ec.deploy()
         assert ec.wait_started(apps, timeout=60)
         _kill_for_good(server)

@@ -15,6 +15,7 @@ from nepi_prefect import settings
 from nepi_prefect.execution.runstate import FILE as RUN_STATE
 from nepi_prefect.resources.linux.leftovers import kill_leftovers
 from nepi_prefect.resources.netns.run import cleanup_stale
+from nepi_prefect.util.procs import pid_alive
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +53,7 @@ def _cleanup_run(run: str, force: bool) -> int:
         print(f"cleanup: no readable {RUN_STATE} for run {run!r} ({path}): {exc}")
         return 2
     pid = state.get("pid")
-    if not force and isinstance(pid, int) and _alive(pid):
+    if not force and isinstance(pid, int) and pid_alive(pid):
         print(f"cleanup: the controller of run {run!r} (pid {pid}) still runs; "
               f"stop it first, or pass --all")
         return 2
@@ -67,12 +68,3 @@ def _cleanup_run(run: str, force: bool) -> int:
               f"{sum(1 for n in host.killed.values() if n)} of {len(host.killed)} app(s)")
     return 1 if failed else 0
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
