@@ -42,7 +42,7 @@ _SAFE_HOME = re.compile(r"^/[A-Za-z0-9@%+=:,./_-]*$")
 def home_problem(value: str) -> str | None:
     """Why ``value`` cannot be a node's home, or None."""
     if not _SAFE_HOME.match(value) or ".." in value.split("/"):
-        return (f"got {value!r}; expected an absolute path of letters, digits and "
+        return (f"got {value!r}, expected an absolute path of letters, digits and "
                 f"'@%+=:,./_-' (no '..', no spaces or shell characters)")
     return None
 
