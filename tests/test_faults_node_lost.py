@@ -137,3 +137,38 @@ def test_sshd_back_within_the_grace_is_survived(tmp_path, monkeypatch):
         ec.shutdown()
         server.stop()
     assert ec.summary()["state"] == "COMPLETED"
+
+
+def test_a_lost_node_that_is_not_critical_fails_alone(tmp_path, monkeypatch):
+    """Node A (not critical, nor its apps) lost for good: A and its apps FAIL, the app
+    on node B finishes, and the experiment goes on to COMPLETED, with A's host named."""
+    monkeypatch.setenv("NEPI_PREFECT_NODE_LOST_AFTER", str(LOST_AFTER))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    lost, kept = start_sshd(str(tmp_path / "a")), start_sshd(str(tmp_path / "b"))
+    marker = f"nepi-lost-{os.urandom(4).hex()}"
+    ec = ExperimentController(exp_id="node-lost-alone", local_dir=str(tmp_path / "results"),
+                              recorder=Recorder())
+    try:
+        a, a_apps = _node_with_apps(ec, lost, [f"exec -a {marker}-{i} sleep 300" for i in range(2)])
+        for guid in [a] + a_apps:
+            ec.set(guid, "critical", False)
+        _, b_apps = _node_with_apps(ec, kept, ["sleep 8"])
+        ec.deploy()
+        assert ec.wait_started(a_apps + b_apps, timeout=60)
+        _kill_for_good(lost)
+        assert ec.wait(a_apps, timeout=LOST_AFTER + 60)
+        # the apps end the wait; the node fails right after them, in the same task
+        assert wait_until(lambda: all(ec.get_resource(g).failed_time for g in [a] + a_apps),
+                          timeout=30)
+        assert ec.state(b_apps[0]) == S.STARTED  # the rest goes on
+        assert ec.wait_finished(b_apps, timeout=60)
+        assert ec.state(b_apps[0]) == S.FINISHED
+    finally:
+        ec.shutdown()
+        subprocess.run(["pkill", "-KILL", "-f", marker])
+        lost.stop()
+        kept.stop()
+    summary = ec.summary()
+    assert summary["state"] == "COMPLETED", summary["failure"]
+    hosts = {h["guid"]: h for h in summary["hosts"]}
+    assert hosts[a]["reason"] == "lost" and f"{lost.host}:{lost.port}" in hosts[a]["detail"]
