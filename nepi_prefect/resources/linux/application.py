@@ -24,7 +24,6 @@ import threading
 from typing import Any
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
-from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import (
     ResourceManager,
     ResourceState,
@@ -34,11 +33,10 @@ from nepi_prefect.execution.trace import Trace, TraceAttr
 from nepi_prefect.resources.linux.hostops import KILL_GRACE, Step
 from nepi_prefect.resources.linux.node import LinuxNode
 from nepi_prefect.resources.linux.processes import kill_app, tag_export
+from nepi_prefect.resources.linux.shellsafe import check_packages, substitute_paths
 
 _URL = re.compile(r"^(https?|ftp)://", re.I)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: a package name as apt, dnf and yum spell them (name, version, arch)
-_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_:~=-]*$")
 _DEPLOY_TRACES = ("deploy_stdout", "deploy_stderr", "deploy_exitcode")
 #: in app_home: what build and install left in ${RUN_HOME}, for the runs that reuse the build
 _KEPT_RUN_HOME = ".nepi-run-home"
@@ -111,13 +109,8 @@ class LinuxApplication(ResourceManager):
 
     def _set_value(self, attr, value):
         """Package names are refused at set (subclasses redeclare ``depends``)."""
-        name = attr if isinstance(attr, str) else attr.name
-        if name == "depends" and isinstance(value, str):
-            bad = [p for p in value.split() if not _PACKAGE.match(p)]
-            if bad:
-                raise AttributeValueError(
-                    f"attribute 'depends': {bad[0]!r} is not a package name; expected "
-                    f"space-separated names of letters, digits and '.+_:~=-'")
+        if (attr if isinstance(attr, str) else attr.name) == "depends" and isinstance(value, str):
+            check_packages(value)
         return super()._set_value(attr, value)
 
     # -- neighbours and places -----------------------------------------------------
@@ -150,25 +143,17 @@ class LinuxApplication(ResourceManager):
         """Called when the process ends, before the state moves (parse results here)."""
 
     def replace_paths(self, text: str | None) -> str | None:
-        """Substitute ${RUN_HOME}, ${APP_HOME}, ${NODE_HOME} and ${EXP_HOME} in ``text``.
-
-        The paths are substituted as text, as NEPI does, so each must be a single
-        shell word that needs no quoting in any context (inside double quotes too):
-        the node's home and every identifier in them are checked when set, and a
-        path that is not such a word is refused here rather than substituted."""
+        """Substitute ${RUN_HOME}, ${APP_HOME}, ${NODE_HOME} and ${EXP_HOME} in ``text``
+        (as text: see :mod:`.shellsafe` for why that is safe)."""
         if not text:
             return text
         node = self.node
-        for key, value in (("RUN_HOME", self._run_home), ("APP_HOME", self._app_home),
-                           ("NODE_HOME", node.node_home), ("EXP_HOME", node.exp_home)):
-            marker = "${%s}" % key
-            if value is None or marker not in text:
-                continue
-            if shlex.quote(value) != value:
-                raise ApplicationError(f"{self._rtype} {self.guid}: {marker} is {value!r}, "
-                                       f"which cannot be substituted into a command safely")
-            text = text.replace(marker, value)
-        return text
+        paths = {"RUN_HOME": self._run_home, "APP_HOME": self._app_home,
+                 "NODE_HOME": node.node_home, "EXP_HOME": node.exp_home}
+        try:
+            return substitute_paths(text, paths, f"{self._rtype} {self.guid}")
+        except ValueError as exc:
+            raise ApplicationError(str(exc)) from None
 
     # -- deploy ------------------------------------------------------------------------
     def do_deploy(self) -> None:

@@ -16,42 +16,23 @@ Layout on the host::
 from __future__ import annotations
 
 import functools
-import re
 import shlex
 import threading
 from typing import Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
-from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.facts import BackgroundFacts
 from nepi_prefect.resources.linux.hostops import HostBatcher
 from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
+from nepi_prefect.resources.linux.shellsafe import check_home, home_problem
 from nepi_prefect.transport.base import Transport, TransportError
 from nepi_prefect.transport.credentials import resolve_credentials
 from nepi_prefect.transport.local import LocalTransport
 from nepi_prefect.transport.ssh import SSHConfig, SSHTransport
 
 LOCALHOSTS = ("localhost",)
-#: a home is substituted into shell text (``${NODE_HOME}``...): only characters
-#: that need no quoting (shlex's safe set), absolute, and no ``..`` component
-_SAFE_HOME = re.compile(r"^/[A-Za-z0-9@%+=:,./_-]*$")
-
-
-def home_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a node's home, or None."""
-    if not _SAFE_HOME.match(value) or ".." in value.split("/"):
-        return (f"got {value!r}, expected an absolute path of letters, digits and "
-                f"'@%+=:,./_-' (no '..', no spaces or shell characters)")
-    return None
-
-
-def _check_home(_old: str | None, new: str | None) -> str | None:
-    problem = home_problem(new) if new is not None else None
-    if problem:
-        raise AttributeValueError(f"attribute 'home': {problem}")
-    return new
 
 
 class NodeError(RuntimeError):
@@ -81,7 +62,7 @@ class LinuxNode(ResourceManager):
             ("knownHosts", "known_hosts file used to verify the host key",
              {"default": "~/.ssh/known_hosts"}),
             ("home", "Base directory on the host (default: the user's home); an absolute "
-                     "path without spaces or shell characters", {"set_hook": _check_home}),
+                     "path without spaces or shell characters", {"set_hook": check_home}),
             ("gateway", "Jump host to reach the node through (SSH direct-tcpip)", {}),
             ("gatewayUser", "User on the gateway (default: username)", {}),
             ("credentials", "Name of saved SSH credentials (a Prefect block) that give "
