@@ -27,6 +27,16 @@ DEFAULT_RECORDER = "prefect"
 RECORD_TIMEOUT_ENV = "NEPI_PREFECT_RECORD_TIMEOUT"
 DEFAULT_RECORD_TIMEOUT = 2.0
 
+#: seconds a node whose connection broke is given to take a new one before it, and
+#: every RM on it, FAILS (each attempt may also take the node's connectTimeout)
+NODE_LOST_AFTER_ENV = "NEPI_PREFECT_NODE_LOST_AFTER"
+DEFAULT_NODE_LOST_AFTER = 30.0
+
+
+def node_lost_after() -> float:
+    """``$NEPI_PREFECT_NODE_LOST_AFTER`` seconds, else 30."""
+    return _seconds(NODE_LOST_AFTER_ENV, DEFAULT_NODE_LOST_AFTER)
+
 
 def results_root(override: str | None = None) -> str:
     """The absolute results root: ``override``, else ``$NEPI_PREFECT_RESULTS``, else the default."""

@@ -96,7 +96,9 @@ class FailurePolicy:
         except Exception:
             critical = True
         if critical:
-            self.abort(f"critical resource {rm.get_rtype()} {rm.guid} FAILED")
+            # the RM's own reason too, so the experiment's failure says what happened
+            why = f": {rm.failure}" if rm.failure else ""
+            self.abort(f"critical resource {rm.get_rtype()} {rm.guid} FAILED{why}")
         else:
             rm.warning("FAILED; it is not critical, the experiment goes on")
 

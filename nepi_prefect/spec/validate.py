@@ -163,7 +163,9 @@ def _check_attribute(rclass: type[ResourceManager], attrs: dict, name: str, valu
                             'a plain value or {"env": "VARIABLE"}'))
         return
     try:
-        attr.validate(value)
+        value = attr.validate(value)
+        if attr.set_hook is not None:  # a type's own check (a node's home, say)
+            attr.set_hook(attr.default, value)
     except AttributeValueError as exc:
         found, _, expected = str(exc).partition(": got ")[2].partition(", expected ")
         issues.append(Issue(path, f"got {found}", expected or "a valid value"))

@@ -33,6 +33,7 @@ from nepi_prefect.execution.trace import Trace, TraceAttr
 from nepi_prefect.resources.linux.hostops import KILL_GRACE, Step
 from nepi_prefect.resources.linux.node import LinuxNode
 from nepi_prefect.resources.linux.processes import kill_app, tag_export
+from nepi_prefect.resources.linux.shellsafe import check_packages, substitute_paths
 
 _URL = re.compile(r"^(https?|ftp)://", re.I)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -56,6 +57,8 @@ class LinuxApplication(ResourceManager):
     _connects_to, _connects_at_most = ("LinuxNode", "Collector"), {"LinuxNode": 1}  # one node
     _shell_word_attributes = ("env",)  # an unbalanced quote is refused at set
     _run_state_fields = ("run_home",)  # the run-state file records where the app ran
+    #: whether on_finished needs the whole stdout: else a big one is not read at the end
+    _parses_stdout = False
 
     @classmethod
     def _register_attributes(cls) -> None:
@@ -104,6 +107,12 @@ class LinuxApplication(ResourceManager):
         self._launch_done.set()
         self._launch_sent = False
 
+    def _set_value(self, attr, value):
+        """Package names are refused at set (subclasses redeclare ``depends``)."""
+        if (attr if isinstance(attr, str) else attr.name) == "depends" and isinstance(value, str):
+            check_packages(value)
+        return super()._set_value(attr, value)
+
     # -- neighbours and places -----------------------------------------------------
     @property
     def node(self) -> LinuxNode | None:
@@ -134,15 +143,17 @@ class LinuxApplication(ResourceManager):
         """Called when the process ends, before the state moves (parse results here)."""
 
     def replace_paths(self, text: str | None) -> str | None:
-        """Substitute ${RUN_HOME}, ${APP_HOME}, ${NODE_HOME} and ${EXP_HOME} in ``text``."""
+        """Substitute ${RUN_HOME}, ${APP_HOME}, ${NODE_HOME} and ${EXP_HOME} in ``text``
+        (as text: see :mod:`.shellsafe` for why that is safe)."""
         if not text:
             return text
         node = self.node
-        for key, value in (("RUN_HOME", self._run_home), ("APP_HOME", self._app_home),
-                           ("NODE_HOME", node.node_home), ("EXP_HOME", node.exp_home)):
-            if value is not None:
-                text = text.replace("${%s}" % key, value)
-        return text
+        paths = {"RUN_HOME": self._run_home, "APP_HOME": self._app_home,
+                 "NODE_HOME": node.node_home, "EXP_HOME": node.exp_home}
+        try:
+            return substitute_paths(text, paths, f"{self._rtype} {self.guid}")
+        except ValueError as exc:
+            raise ApplicationError(str(exc)) from None
 
     # -- deploy ------------------------------------------------------------------------
     def do_deploy(self) -> None:
@@ -310,12 +321,13 @@ class LinuxApplication(ResourceManager):
         node = self.node
         pairs = [("RUN_HOME", self._run_home), ("APP_HOME", self._app_home or ""),
                  ("NODE_HOME", node.node_home), ("EXP_HOME", node.exp_home)]
-        for item in shlex.split(self.replace_paths(self.get("env")) or ""):
+        # split first: a path substituted into a value never becomes shell words
+        for item in shlex.split(self.get("env") or ""):
             name, sep, value = item.partition("=")
             if not sep or not _ENV_NAME.match(name):
                 raise ApplicationError(f"{self._rtype} {self.guid}: env entry {item!r} is not "
                                        f"NAME=value")
-            pairs.append((name, value))
+            pairs.append((name, self.replace_paths(value)))
         return pairs
 
     def on_process_exited(self, exitcode: int | None, outputs: dict[str, bytes] | None = None,
@@ -330,9 +342,12 @@ class LinuxApplication(ResourceManager):
             self.fail()
             return
         outputs = outputs or {}
-        self._final_stdout = (outputs["stdout"].decode(errors="replace") if "stdout" in outputs
-                              else self._read_text("stdout") or "")
-        self.on_finished(exitcode, self._final_stdout)
+        if "stdout" in outputs:  # small: the monitor read it with the exit code
+            self._final_stdout = outputs["stdout"].decode(errors="replace")
+        elif self._parses_stdout:
+            self._final_stdout = self._read_text("stdout") or ""
+        # else a big stdout nobody parses stays on the host until someone asks for it
+        self.on_finished(exitcode, self._final_stdout or "")
         if exitcode == 0:
             self.set_finished()
             return
@@ -342,7 +357,7 @@ class LinuxApplication(ResourceManager):
         else:
             self.failure = f"{self._rtype} {self.guid}: command exited with code {exitcode}"
         err = (outputs["stderr"].decode(errors="replace") if "stderr" in outputs
-               else self._read_text("stderr") or "").strip()[-500:]
+               else self._read_tail("stderr", 2000)).strip()[-500:]
         self.error(self.failure, err=err or None)
         self.fail()
 
@@ -398,6 +413,15 @@ class LinuxApplication(ResourceManager):
         if name in _DEPLOY_TRACES:
             return f"{self._app_home}/{name}" if self._app_home else None
         return f"{self._run_home}/{name}" if self._run_home else None
+
+    def _read_tail(self, name: str, size: int) -> str:
+        """The last ``size`` bytes of a trace (a failure message needs no more)."""
+        path = self.trace_path(name)
+        if path is None:
+            return ""
+        transport = self.node.transport
+        data = transport.read(path, max(0, (transport.size(path) or 0) - size), size)
+        return "" if data is None else data.decode(errors="replace")
 
     def _read_text(self, name: str) -> str | None:
         path = self.trace_path(name)

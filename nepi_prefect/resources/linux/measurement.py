@@ -32,6 +32,7 @@ class LinuxMeasurement(LinuxApplication):
     _rtype = "LinuxMeasurement"
     _help = "Base of the measurement applications: stops with SIGINT so the tool prints its summary."
 
+    _parses_stdout = True  # the metrics come from what the tool printed
     #: the signal that makes the tool print its summary and exit
     stop_signal = "INT"
 

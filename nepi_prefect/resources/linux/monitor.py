@@ -6,9 +6,9 @@ shell built-ins only (no process per app); the same command sends back the
 outputs of every app that ended in that period, in one archive
 (transport.bulk). Each app gets its exit code and outputs on the EC's dispatcher.
 
-If the host stops answering (the poll fails and a fresh connection is
-refused or times out), every watched app is told the host is lost, so its
-RM fails within the connect timeout instead of waiting forever.
+If the host stops answering (the poll fails and no fresh connection is made
+within ``NEPI_PREFECT_NODE_LOST_AFTER`` seconds), the node is told the host
+is lost: it FAILS with every RM on it, so no wait waits forever.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import shlex
 import threading
+import time
 from typing import Any, Protocol
 
+from nepi_prefect import settings
 from nepi_prefect.resources.linux.processes import TAG_VAR
 from nepi_prefect.transport.base import TransportError
 from nepi_prefect.transport.bulk import bulk_read_snippet, parse_bulk
@@ -109,16 +111,28 @@ class AppMonitor:
                 self._check_host(apps)
 
     def _check_host(self, apps: dict[str, WatchedProcess]) -> None:
-        """After a failed poll: reconnect; if the host does not answer, it is lost."""
+        """After a failed poll: reconnect, retrying for ``settings.node_lost_after()``
+        seconds; if the host has not answered by then, it is lost (the node fails)."""
         transport = self.node.transport
-        try:
-            transport.close()
-            transport.connect()
-        except TransportError as exc:
-            reason = f"host {transport.label} lost: {exc}"
-            self.node.host_lost(reason)
-            for app in apps.values():
-                self._hand_over(app, None, None, reason)
+        after = settings.node_lost_after()
+        deadline = time.monotonic() + after
+        while True:
+            try:
+                transport.close()
+                transport.connect()
+                return
+            except TransportError as exc:
+                last = exc
+            if self._stop.is_set():
+                return  # released meanwhile: nobody waits for these apps any more
+            if time.monotonic() >= deadline:
+                break
+            self._stop.wait(min(1.0, max(0.05, deadline - time.monotonic())))
+        reason = (f"LinuxNode {self.node.guid}: host {transport.label} lost: {last} "
+                  f"(no new connection within {after:g} s)")
+        self.node.host_lost(reason)
+        for app in apps.values():
+            self._hand_over(app, None, None, reason)
 
     def _poll(self, apps: dict[str, WatchedProcess]) -> int:
         """One status command for every app; returns how many ended."""

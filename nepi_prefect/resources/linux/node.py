@@ -15,6 +15,7 @@ Layout on the host::
 
 from __future__ import annotations
 
+import functools
 import shlex
 import threading
 from typing import Callable
@@ -25,6 +26,7 @@ from nepi_prefect.resources.linux.facts import BackgroundFacts
 from nepi_prefect.resources.linux.hostops import HostBatcher
 from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
+from nepi_prefect.resources.linux.shellsafe import check_home, home_problem
 from nepi_prefect.transport.base import Transport, TransportError
 from nepi_prefect.transport.credentials import resolve_credentials
 from nepi_prefect.transport.local import LocalTransport
@@ -45,7 +47,10 @@ class LinuxNode(ResourceManager):
     _help = "A Linux host reached over SSH; hostname 'localhost' runs locally without SSH."
     _platform = "linux"
     _connects_to = ("LinuxApplication", "Collector")  # apps run on one node; nodes do not connect
-    _run_state_fields = ("hostname", "username", "port", "node_home")  # for the run-state file
+    # for the run-state file: where the host is and how to log in again (no secret)
+    _run_state_fields = ("hostname", "username", "port", "node_home", "identity", "knownHosts",
+                         "acceptUnknownHostKeys", "connectTimeout", "gateway", "gatewayUser",
+                         "gatewayPort", "credentials")
 
     @classmethod
     def _register_attributes(cls) -> None:
@@ -56,7 +61,8 @@ class LinuxNode(ResourceManager):
             ("identity", "Path of the SSH private key", {}),
             ("knownHosts", "known_hosts file used to verify the host key",
              {"default": "~/.ssh/known_hosts"}),
-            ("home", "Base directory on the host (default: the user's home)", {}),
+            ("home", "Base directory on the host (default: the user's home); an absolute "
+                     "path without spaces or shell characters", {"set_hook": check_home}),
             ("gateway", "Jump host to reach the node through (SSH direct-tcpip)", {}),
             ("gatewayUser", "User on the gateway (default: username)", {}),
             ("credentials", "Name of saved SSH credentials (a Prefect block) that give "
@@ -182,8 +188,27 @@ class LinuxNode(ResourceManager):
             self.ec.schedule("0s", callback)
 
     def host_lost(self, reason: str) -> None:
-        """The monitor found the host gone: remembered for the per-host report."""
+        """The monitor found the host gone for good: the node and every RM on it FAIL
+        with ``reason`` (which names the node and the cause), on the dispatcher."""
         self._host_failure = ("lost", reason)
+        self.ec.schedule("0s", functools.partial(self._lose, reason))
+
+    def _lose(self, reason: str) -> None:
+        """Its RMs, then the node, in this one task and before any is logged: the first
+        critical failure aborts the experiment and schedules the releases, which must
+        find every one of them FAILED already."""
+        if self.state in (ResourceState.FAILED, ResourceState.RELEASED):
+            return
+        ending = (ResourceState.FINISHED, ResourceState.FAILED, ResourceState.STOPPED,
+                  ResourceState.RELEASED)
+        lost = [rm for rm in self.get_connected() if rm.state not in ending]
+        for rm in lost:
+            rm.failure = f"{rm.get_rtype()} {rm.guid}: {reason}"
+        self.failure = reason
+        for rm in lost + [self]:
+            rm.fail()
+        for rm in lost + [self]:
+            rm.error(rm.failure)
 
     def host_report(self) -> dict:
         """How this host fared: reachable or why not, and how its RMs ended."""
@@ -250,6 +275,9 @@ class LinuxNode(ResourceManager):
             raise NodeError(self.failure) from None
         lines = result.stdout.splitlines() + ["", "", ""]
         self._home = lines[0].strip() or "/tmp"
+        if home_problem(self._home):  # the host's $HOME: it is substituted into commands
+            raise NodeError(f"LinuxNode {self.guid}: the home found on the host is not "
+                            f"usable: {home_problem(self._home)}; set 'home'")
         self._is_root = lines[1].strip() == "0"
         self._pkg_manager = lines[2].strip().rsplit("/", 1)[-1] or None
         if self.get("home") is None:

@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from nepi_prefect import settings
 from nepi_prefect.transport.netns import NETNS_DIR
+from nepi_prefect.util.procs import pid_alive
 
 
 class NetnsError(RuntimeError):
@@ -45,16 +46,6 @@ def ip_batch(lines: Iterable[str], what: str, netns: str | None = None, tool: st
     if lines:
         argv = [tool, *(["-n", netns] if netns else []), "-batch", "-"]
         sh(argv, what, stdin="\n".join(lines) + "\n")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -232,7 +223,7 @@ def cleanup_stale(state_dir: str | None = None, everything: bool = False) -> lis
         except (OSError, ValueError):
             continue
         pid = int(data.get("pid", 0))
-        if not everything and pid != os.getpid() and _pid_alive(pid):
+        if not everything and pid != os.getpid() and pid_alive(pid):
             continue
         if pid == os.getpid() and not everything:
             continue
