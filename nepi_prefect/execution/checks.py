@@ -203,13 +203,67 @@ def conditions_of(resources: Iterable[Any]) -> dict[int, dict[int, list[Any]]]:
     return {rm.guid: {a: list(c) for a, c in rm.conditions.items()} for rm in resources}
 
 
-def refuse_new_cycle(resources: Iterable[Any], rms: Iterable[Any], action: int,
-                     cond: Any) -> None:
-    """InvalidInputError if gating ``action`` of ``rms`` on ``cond`` closes a cycle."""
-    planned = conditions_of(resources)
-    for rm in rms:
-        planned.setdefault(rm.guid, {}).setdefault(action, []).append(cond)
-    refuse_cycle(planned, "register_condition")
+def refuse_new_cycle(resources: Any, rms: Iterable[Any], action: int, cond: Any) -> None:
+    """InvalidInputError if gating ``action`` of ``rms`` on ``cond`` closes a cycle.
+
+    The conditions registered so far hold no cycle (each was checked), so a new one
+    closes a cycle only if what it waits for already waits, through others, for one
+    of the gated steps: a search from the new condition's targets over the steps they
+    reach, not the whole graph (NEPI scripts register thousands of conditions).
+    ``resources`` is the registry: ``resources.get(guid)`` gives an RM.
+    """
+    name = _ACTION_NAMES.get(action)
+    if name is None:
+        return
+    group, state, *_ = cond
+    gated = {(rm.guid, name) for rm in rms}
+    new_edges = {step: [(target, f"{name} of {step[0]} waits for {other} {ResourceState(state).name}")
+                        for other in group
+                        if (target := _waited_step(other, state)) is not None]
+                 for step in gated}
+    for step, edges in new_edges.items():
+        for target, why in edges:
+            path = _path(resources, target, step, new_edges)
+            if path is not None:
+                raise InvalidInputError(
+                    "register_condition: conditions wait for each other in a cycle and would "
+                    "never be met: " + "; ".join([why, *path]) + ". Valid conditions wait "
+                    "only for resources that do not (directly or through others) wait for the "
+                    "waiting one")
+
+
+def _steps_waited_by(resources: Any, step: Step) -> list[tuple[Step, str]]:
+    """The steps ``step`` waits for under the conditions registered so far."""
+    guid, name = step
+    out = [((guid, "START"), f"STOP of {guid} needs its START")] if name == "STOP" else []
+    for action, conds in resources.get(guid).conditions.items():
+        if _ACTION_NAMES.get(action) != name:
+            continue
+        for group, state, *_ in conds:
+            for other in group:
+                target = _waited_step(other, state)
+                if target is not None:
+                    out.append((target, f"{name} of {guid} waits for {other} "
+                                        f"{ResourceState(state).name}"))
+    return out
+
+
+def _path(resources: Any, start: Step, goal: Step,
+          extra: dict[Step, list[tuple[Step, str]]]) -> list[str] | None:
+    """The reasons along a wait path from ``start`` to ``goal`` (``extra``: edges about to
+    be added), or None when there is none."""
+    if start == goal:
+        return []
+    seen, stack = {start}, [(start, [])]
+    while stack:
+        step, reasons = stack.pop()
+        for nxt, why in _steps_waited_by(resources, step) + extra.get(step, []):
+            if nxt == goal:
+                return reasons + [why]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, reasons + [why]))
+    return None
 
 
 def refuse_connection(rm1: Any, rm2: Any) -> None:

@@ -27,7 +27,7 @@ from nepi_prefect.execution.recording import ActionRun, Recorder
 from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.orchestration.artifacts import summary_artifact
-from nepi_prefect.orchestration.delivery import Delivery, Target
+from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
 from nepi_prefect.orchestration.events import Snapshot
 from nepi_prefect.orchestration.journal import Journal
 from nepi_prefect.orchestration.pipeline import Outcome, Pipeline
@@ -145,12 +145,15 @@ class PrefectRecorder(Recorder):
         told = False
         limit = self.timeout
         pipeline.journaled.wait(60)
+        backlog = _Backlog(pipeline)
         while not pipeline.done.wait(0.05):
             waited = time.monotonic() - started
             if _local_server_starting(pipeline):
                 # A first run on a fresh PREFECT_HOME: the server it started is coming up.
                 # Worth waiting for (once), rather than leaving the record to the background.
                 limit = max(limit, min(waited + self.timeout, SERVER_START_WAIT))
+            elif backlog.hopeless(limit - waited):
+                break   # it cannot all go in time: no use making the user wait for part of it
             if waited >= limit or pipeline.failed_after_close.is_set():
                 break
             if not told and waited >= NOTIFY_AFTER:
@@ -226,6 +229,27 @@ class PrefectRecorder(Recorder):
                         "it is kept in %s and goes out in the background (the local server's "
                         "service, the next nepi-prefect run or `nepi-prefect server flush`)",
                         summary.get("exp_id"), last, outcome.journal)
+
+
+class _Backlog:
+    """How fast the server takes what is left of a closed record."""
+
+    JUDGE_AFTER = 0.5   # seconds of shipping before judging the rate
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.began = time.monotonic()
+        self.pending = pipeline.delivery.pending
+
+    def hopeless(self, remaining: float) -> bool:
+        """At the rate seen so far, what is pending will not be accepted in ``remaining`` s."""
+        elapsed = time.monotonic() - self.began
+        pending = self.pipeline.delivery.pending
+        # a batch or two in flight says nothing about the rate: only a long backlog is judged
+        if elapsed < self.JUDGE_AFTER or pending <= 2 * BATCH or self.pipeline.delivery.api is None:
+            return False
+        rate = (self.pending - pending) / elapsed
+        return rate <= 0 or pending / rate > remaining
 
 
 def _local_server_starting(pipeline: Pipeline) -> bool:
