@@ -43,8 +43,10 @@ LOG_FILE = "nepi-server.log"
 SERVER_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # An experiment records thousands of task runs in seconds: write them in batches.
+    # The interval is whole seconds: Prefect truncates it to an int, and 0 made the
+    # recorder's flush loop spin (half a core while idle, and no batching at all).
     "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
-    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "0.25",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
     # The event feed too (one SQLite transaction per batch: fewer, larger ones).
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
