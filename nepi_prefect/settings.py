@@ -219,3 +219,14 @@ def ns3_python() -> str:
 def ns3_spare() -> bool:
     """Whether a pre-imported simulator process is kept ready for the next run."""
     return os.environ.get(NS3_SPARE_ENV, "1").strip() not in ("0", "false", "no")
+
+
+#: whether the Prefect record carries ``nepi.resource.<state>`` and ``nepi.metric`` events
+#: (for automations); "0" leaves them out (a thousand-RM run posts several per RM)
+RESOURCE_EVENTS_ENV = "NEPI_PREFECT_RESOURCE_EVENTS"
+
+
+def resource_events() -> bool:
+    """True unless ``$NEPI_PREFECT_RESOURCE_EVENTS`` is 0, no, false or off."""
+    text = os.environ.get(RESOURCE_EVENTS_ENV, "1").strip().lower()
+    return text not in ("0", "no", "false", "off")
