@@ -11,6 +11,7 @@ message, the artifacts, the ``nepi.*`` events and the task-run logs.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.flows._common import run_name
 from nepi_prefect.orchestration.recorder import PrefectRecorder
-from tests.fixtures.prefect_api import wait_for_record
+from tests.fixtures.prefect_api import _prefect_cli, wait_for_record
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.prefect
@@ -79,12 +80,30 @@ class UiApp(ResourceManager):
 ResourceFactory.register_type(UiApp)
 
 
+AUTOMATIONS = Path(__file__).resolve().parents[1] / "deployments" / "automations.yaml"
+
+
 class Record:
     """The module's run, as the tests read it."""
 
-    def __init__(self, ec, recorder, api_url):
+    def __init__(self, ec, recorder, api_url, automation_id):
         self.ec, self.recorder, self.api_url = ec, recorder, api_url
         self.name = run_name(ec.exp_id, {"client.exitcode": 3}, 1)
+        self.automation_id = automation_id
+
+
+def install_automation(prefect_server) -> str:
+    """The shipped example automation, installed as its comment says; its id."""
+    from prefect.client.orchestration import get_client
+
+    done = subprocess.run([*_prefect_cli(), "automation", "create", "--from-file",
+                           str(AUTOMATIONS)], env=prefect_server.env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_automations_by_name("nepi-resource-failed")
+    assert found, done.stdout
+    return str(found[-1].id)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +111,7 @@ def record(prefect_server, tmp_path_factory):
     from prefect.client.orchestration import get_client
 
     tmp = tmp_path_factory.mktemp("ui-record")
+    automation_id = install_automation(prefect_server)
     exp_id = f"ui-rec-{uuid.uuid4().hex[:6]}"
     recorder = PrefectRecorder(name=run_name(exp_id, {"client.exitcode": 3}, 1))
     ec = ExperimentController(exp_id=exp_id, local_dir=str(tmp), recorder=recorder)
@@ -111,7 +131,7 @@ def record(prefect_server, tmp_path_factory):
         ec.shutdown()
     with get_client(sync_client=True) as prefect:
         wait_for_record(prefect, recorder)
-    return Record(ec, recorder, prefect_server.api_url)
+    return Record(ec, recorder, prefect_server.api_url, automation_id)
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +282,26 @@ def test_metric_events_carry_the_values(record):
     assert roles["nepi-resource"]["prefect.resource.name"] == "server"
     assert roles["nepi-run"]["prefect.resource.id"] == \
         f"nepi.run.{record.ec.exp_id}.{record.ec.run_id}"
+
+
+def test_the_shipped_automation_fires_when_a_resource_fails(record):
+    body = {"filter": {"event": {"name": ["prefect.automation.triggered"]},
+                       "resource": {"id": [f"prefect.automation.{record.automation_id}"]}},
+            "limit": 50}
+
+    def fired():
+        found = httpx.post(f"{record.api_url}/events/filter", json=body, timeout=30)
+        found.raise_for_status()
+        return [e for e in found.json()["events"]
+                if (e["payload"].get("triggering_event") or {}).get("resource", {}).get(
+                    "prefect.resource.id", "").startswith(
+                    f"nepi.resource.{record.ec.exp_id}.{record.ec.run_id}.")]
+
+    firings = wait_until(fired, timeout=120, interval=0.5, message="the automation's firing")
+    trigger = firings[0]["payload"]["triggering_event"]
+    assert trigger["event"] == "nepi.resource.failed"
+    assert trigger["resource"]["prefect.resource.name"] == "client"
+    assert len(firings) == 1
 
 
 # -- item 5: logs tell the story -------------------------------------------------------------
