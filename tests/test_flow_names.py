@@ -77,6 +77,12 @@ def test_sweep_children_are_named_after_the_experiment_and_its_point(prefect_ser
     assert state.is_completed(), state.message
     parent = state.state_details.flow_run_id
 
+    async def sweep_name():
+        async with get_client() as client:
+            return (await client.read_flow_run(parent)).name
+
+    assert asyncio.run(sweep_name()) == "swept-sweep"     # not an adjective-animal
+
     async def children():
         async with get_client() as client:
             runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(

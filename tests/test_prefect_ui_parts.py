@@ -83,7 +83,7 @@ def test_report_has_verdict_timeline_metrics_failure_and_traces():
     text = report_markdown(SUMMARY)
     assert text.startswith("# Ping_Test run r1: **FAILED**")
     assert "- client (LinuxPing 2) FAILED: exit code 8" in text
-    assert "| ping | LinuxPing | FINISHED |  |  | 0.00 | 1.00 |  | 3.50 |  |  |" in text
+    assert "| ping | LinuxPing | FINISHED | 0.00 | 1.00 |  | 3.50 |  |  |" in text
     assert "| ping | rtt_avg_ms | 0.05 |" in text
     assert "- client: stdout `/r/client/stdout`" in text
 

@@ -11,6 +11,8 @@ ARTIFACT_KEY = "nepi-summary"      # + "-<experiment>": each experiment its own 
 REPORT_KEY = "nepi-report"
 #: the transitions shown, in life-cycle order
 TIMES = ("discover", "provision", "ready", "start", "stop", "finish", "failed", "release")
+#: those the report's timeline shows (READY ends the deploy; the table fits a page)
+TIMELINE = TIMES[2:]
 
 
 def artifact_key(prefix: str, exp_id: str | None) -> str:
@@ -123,12 +125,12 @@ def _timeline(resources: list[dict[str, Any]]) -> list[str]:
     stamps = {res["guid"]: _times(res) for res in resources}
     origin = min((t for times in stamps.values() for t in times.values()), default=None)
     lines = ["## Timeline", "", "seconds since the run's first transition", "",
-             "| resource | rtype | state | " + " | ".join(TIMES) + " |",
-             "|---|---|---|" + "---:|" * len(TIMES)]
+             "| resource | rtype | state | " + " | ".join(TIMELINE) + " |",
+             "|---|---|---|" + "---:|" * len(TIMELINE)]
     for res in resources:
         times = stamps[res["guid"]]
         cells = [f"{(times[k] - origin).total_seconds():.2f}" if k in times else ""
-                 for k in TIMES]
+                 for k in TIMELINE]
         lines.append(f"| {res.get('name')} | {res['rtype']} | {res['state']} | "
                      + " | ".join(cells) + " |")
     return lines + [""]
