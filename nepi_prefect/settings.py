@@ -221,12 +221,19 @@ def ns3_spare() -> bool:
     return os.environ.get(NS3_SPARE_ENV, "1").strip() not in ("0", "false", "no")
 
 
-#: whether the Prefect record carries ``nepi.resource.<state>`` and ``nepi.metric`` events
-#: (for automations); "0" leaves them out (a thousand-RM run posts several per RM)
+#: which ``nepi.resource.<state>`` and ``nepi.metric`` events the Prefect record carries
+#: (for automations): "all" (every life-cycle state and the metrics), "failures" (only
+#: nepi.resource.failed and the metrics: each event costs the server about what a
+#: task-run state does, which shows on runs of a thousand RMs) or "none" (also 0)
 RESOURCE_EVENTS_ENV = "NEPI_PREFECT_RESOURCE_EVENTS"
+RESOURCE_EVENTS_CHOICES = ("all", "failures", "none")
 
 
-def resource_events() -> bool:
-    """True unless ``$NEPI_PREFECT_RESOURCE_EVENTS`` is 0, no, false or off."""
-    text = os.environ.get(RESOURCE_EVENTS_ENV, "1").strip().lower()
-    return text not in ("0", "no", "false", "off")
+def resource_events() -> str:
+    """``$NEPI_PREFECT_RESOURCE_EVENTS``: all (the default, also 1), failures or none (0)."""
+    text = os.environ.get(RESOURCE_EVENTS_ENV, "all").strip().lower() or "all"
+    text = {"1": "all", "0": "none", "on": "all", "off": "none"}.get(text, text)
+    if text not in RESOURCE_EVENTS_CHOICES:
+        raise ValueError(f"{RESOURCE_EVENTS_ENV}={text!r}: expected one of "
+                         f"{', '.join(RESOURCE_EVENTS_CHOICES)}")
+    return text

@@ -26,17 +26,22 @@ def test_description_name_reads_the_file_or_the_inline_description(tmp_path):
     assert description_name({"description_file": str(tmp_path / "missing.yaml")}) is None
 
 
+def local_app(path, name: str):
+    """A description ``name``: an app ``app`` on a node ``node`` (localhost)."""
+    path.write_text(f"name: {name}\nresources:\n"
+                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
+                    "  - {name: app, rtype: LinuxApplication, attributes: {command: 'true'}}\n"
+                    "connections: [[node, app]]\n")
+    return path
+
+
 @pytest.mark.prefect
 def test_experiment_flow_run_is_named_after_the_experiment(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
 
     from nepi_prefect.flows import experiment_flow
 
-    path = tmp_path / "named.yaml"
-    path.write_text("name: named-run\nresources:\n"
-                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
-                    "  - {name: app, rtype: LinuxApplication, attributes: {command: 'true'}}\n"
-                    "connections: [[node, app]]\n")
+    path = local_app(tmp_path / "named.yaml", "named-run")
     state = experiment_flow(description_file=str(path), overrides={"app.command": "echo 1"},
                             results_dir=str(tmp_path), return_state=True)
     assert state.is_completed(), state.message
@@ -67,11 +72,7 @@ def test_sweep_children_are_named_after_the_experiment_and_its_point(prefect_ser
 
     from nepi_prefect.flows import sweep_flow
 
-    path = tmp_path / "swept.yaml"
-    path.write_text("name: swept\nresources:\n"
-                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
-                    "  - {name: app, rtype: LinuxApplication, attributes: {command: 'true'}}\n"
-                    "connections: [[node, app]]\n")
+    path = local_app(tmp_path / "swept.yaml", "swept")
     state = sweep_flow(description_file=str(path), grid={"app.command": ["echo 1", "echo 2"]},
                        results_dir=str(tmp_path), return_state=True)
     assert state.is_completed(), state.message

@@ -123,3 +123,38 @@ def test_story_logs_states_failure_metrics_and_bounded_masked_tails(tmp_path):
     assert tail.endswith("the end ********") and "hunter2" not in tail
     assert "line 0\n" not in tail and len(tail) < TAIL + 200
     assert read_tail(str(tmp_path / "missing")) == ""
+
+
+def test_resource_events_setting_says_what_is_valid(monkeypatch):
+    import pytest
+
+    from nepi_prefect import settings
+
+    for text, meant in (("", "all"), ("1", "all"), ("0", "none"), ("Failures", "failures")):
+        monkeypatch.setenv(settings.RESOURCE_EVENTS_ENV, text)
+        assert settings.resource_events() == meant
+    monkeypatch.setenv(settings.RESOURCE_EVENTS_ENV, "some")
+    with pytest.raises(ValueError, match="expected one of all, failures, none"):
+        PrefectRecorder()
+
+
+def test_failures_mode_announces_only_failures_and_metrics(monkeypatch):
+    import queue
+
+    from nepi_prefect import settings
+
+    monkeypatch.setenv(settings.RESOURCE_EVENTS_ENV, "failures")
+    recorder = PrefectRecorder()
+    recorder._pipeline = SimpleNamespace(queue=queue.SimpleQueue())
+    for state in ("DISCOVERED", "READY", "STARTED", "FAILED"):
+        recorder.resource_changed(_change(state, failure="exit 8" if state == "FAILED" else None))
+    recorder.resource_changed(_change("RELEASED", metrics={"rtt_ms": 2.0}))
+    items = []
+    while not recorder._pipeline.queue.empty():
+        items.append(recorder._pipeline.queue.get())
+    assert [i[1]["event"] for i in items if i[0] == "event"] == ["nepi.resource.failed",
+                                                                  "nepi.metric"]
+    # the logs tell every state but the deploy's inner steps
+    assert [i[4] for i in items if i[0] == "log"] == [
+        "client is READY", "client is STARTED", "client FAILED: exit 8", "client is RELEASED",
+        "client measured: rtt_ms=2.0"]

@@ -41,6 +41,9 @@ log = logging.getLogger("nepi_prefect.orchestration")
 ATTACH_MODES = ("auto", "current", "subflow", "new")
 ABANDON_TIMEOUT = 10.0
 NOTIFY_AFTER = 1.0     # seconds of waiting in close() before saying what for
+#: states inside a deploy, neither announced nor logged (READY says it is deployed):
+#: each event costs the server as much as a task-run state (the record of 1000 RMs)
+DEPLOY_STEPS = ("DISCOVERED", "PROVISIONED")
 #: seconds close() may wait while the local server it needs is still starting
 SERVER_START_WAIT = 30.0
 
@@ -114,15 +117,15 @@ class PrefectRecorder(Recorder):
     def resource_changed(self, change: ResourceChange) -> None:
         # Called from dispatcher threads: build and queue (the journal thread writes).
         pipeline = self._pipeline
-        if pipeline is None:
+        if pipeline is None or change.state in DEPLOY_STEPS:
             return
         if change.failure:
             change = dataclasses.replace(change, failure=self._redact(change.failure))
-        if self._events:
+        if self._events == "all" or self._events == "failures" and change.state == "FAILED":
             pipeline.queue.put(("event", resource_event(change, *self._ids)))
-            if change.state == "RELEASED":
-                for event in metric_events(change, *self._ids):
-                    pipeline.queue.put(("event", event))
+        if self._events != "none" and change.state == "RELEASED":
+            for event in metric_events(change, *self._ids):
+                pipeline.queue.put(("event", event))
         now = datetime.now(timezone.utc)
         for level, text in story(change, self._redact):
             pipeline.queue.put(("log", change.run_id, f"nepi.{change.rtype}", level, text, now))
