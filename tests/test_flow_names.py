@@ -74,7 +74,7 @@ def test_sweep_children_are_named_after_the_experiment_and_its_point(prefect_ser
 
     path = local_app(tmp_path / "swept.yaml", "swept")
     state = sweep_flow(description_file=str(path), grid={"app.command": ["echo 1", "echo 2"]},
-                       results_dir=str(tmp_path), return_state=True)
+                       results_dir=str(tmp_path), campaign="swept-names", return_state=True)
     assert state.is_completed(), state.message
     parent = state.state_details.flow_run_id
 
@@ -82,13 +82,13 @@ def test_sweep_children_are_named_after_the_experiment_and_its_point(prefect_ser
         async with get_client() as client:
             return (await client.read_flow_run(parent)).name
 
-    assert asyncio.run(sweep_name()) == "swept-sweep"     # not an adjective-animal
+    assert asyncio.run(sweep_name()) == "swept-names"     # the campaign's, not random
 
     async def children():
         async with get_client() as client:
             runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
-        return {run.name for run in runs}
+        return {run.name for run in runs if "campaign:swept-names" in run.tags}
 
     def named():
         names = asyncio.run(children())

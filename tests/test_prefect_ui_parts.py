@@ -58,8 +58,9 @@ def test_final_names_the_failed_resource_and_fails_lost_results():
 def test_the_recorder_names_its_flow_run_as_told():
     ec = SimpleNamespace(exp_id="ping", run_id="123")
     assert PrefectRecorder()._target(ec).flow_run_name == "ping-123"
-    assert PrefectRecorder(name="ping-interval=0.2-r1")._target(ec).flow_run_name == \
-        "ping-interval=0.2-r1"
+    target = PrefectRecorder(name="ping-interval=0.2-r1", tags=["campaign:c"])._target(ec)
+    assert target.flow_run_name == "ping-interval=0.2-r1"
+    assert target.tags == ["ping", "nepi-prefect", "campaign:c"]
 
 
 def test_artifact_keys_are_per_experiment_and_valid_for_prefect():

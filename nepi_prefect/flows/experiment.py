@@ -74,7 +74,8 @@ def run_point(desc: ExperimentDescription, overrides: dict[str, Any], campaign: 
         run = record.store.run(run_key) or {}
         # named from the experiment and its parameters, e.g. ping-interval=0.2-r1
         recorder = PrefectRecorder(attach="subflow", background=True,
-                                   name=run_name(desc.name, overrides, run.get("rep")))
+                                   name=run_name(desc.name, overrides, run.get("rep")),
+                                   tags=[f"campaign:{campaign}"])
         ec = build_experiment(apply_overrides(desc, overrides), recorder=recorder,
                               local_dir=settings.results_root(results_dir))
         summary = run_experiment(ec, timeout=timeout)

@@ -61,11 +61,16 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def failed_lines(summary: dict[str, Any]) -> list[str]:
+    """Each FAILED resource by name, with its reason."""
+    return [f"{res.get('name') or res['rtype']} ({res['rtype']} {res['guid']}) FAILED"
+            + (f": {res['failure']}" if res.get("failure") else "")
+            for res in summary.get("resources", []) if res.get("state") == "FAILED"]
+
+
 def failed_resources(summary: dict[str, Any]) -> str:
     """The FAILED resources by name, with their reasons ("" if none)."""
-    return "; ".join(f"{res.get('name') or res['rtype']} ({res['rtype']} {res['guid']}) FAILED"
-                     + (f": {res['failure']}" if res.get("failure") else "")
-                     for res in summary.get("resources", []) if res.get("state") == "FAILED")
+    return "; ".join(failed_lines(summary))
 
 
 def closing_artifacts(summary: dict[str, Any],
@@ -106,10 +111,9 @@ def report_markdown(summary: dict[str, Any]) -> str:
     resources = summary.get("resources", [])
     verdict = summary.get("state") or "UNKNOWN"
     lines = [f"# {summary.get('exp_id')} run {summary.get('run_id')}: **{verdict}**", ""]
-    failed = failed_resources(summary)
-    if summary.get("failure") or failed:
-        lines += ["## Failure", "", f"- {failed}" if failed else "", f"- {summary.get('failure')}"
-                  if summary.get("failure") else "", ""]
+    reasons = failed_lines(summary) + ([summary["failure"]] if summary.get("failure") else [])
+    if reasons:
+        lines += ["## Failure", "", *(f"- {line}" for line in reasons), ""]
     if summary.get("lost"):
         lines += ["## Results lost", ""] + [f"- {item}" for item in summary["lost"]] + [""]
     lines += _timeline(resources)
@@ -117,7 +121,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
     lines += ["## Traces", "", f"Results directory: `{summary.get('run_dir')}`", ""]
     lines += [f"- {res.get('name')}: {name} `{path}`" for res in resources
               for name, path in sorted((res.get("traces") or {}).items())] or ["- none collected"]
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
 
 
 def _timeline(resources: list[dict[str, Any]]) -> list[str]:

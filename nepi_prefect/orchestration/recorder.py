@@ -28,7 +28,7 @@ from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.orchestration.artifacts import closing_artifacts, failed_resources
 from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
-from nepi_prefect.orchestration.events import Snapshot, metric_events, resource_event
+from nepi_prefect.orchestration.events import Snapshot, metric_events, resource_event, utc
 from nepi_prefect.orchestration.journal import Journal
 from nepi_prefect.orchestration.pipeline import Outcome, Pipeline
 from nepi_prefect.orchestration.story import story
@@ -65,11 +65,13 @@ class PrefectRecorder(Recorder):
         starts at once, and one line at the end says what is not on the server yet)
     :param name: the flow run's name (default ``<exp_id>-<run_id>``; a campaign names
         each run after its experiment and parameters, e.g. ``ping-interval=0.2-r1``)
+    :param tags: more tags for the flow run and its task runs (besides the experiment
+        id and ``nepi-prefect``; a campaign adds ``campaign:<name>``)
     """
 
     def __init__(self, attach: str = "auto", timeout: float | None = None,
                  notify: Callable[[str], None] | None = None, background: bool = False,
-                 name: str | None = None):
+                 name: str | None = None, tags: list[str] | None = None):
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach must be one of {ATTACH_MODES}, got {attach!r}")
         self.attach = attach
@@ -77,6 +79,7 @@ class PrefectRecorder(Recorder):
         self.notify = notify or (lambda text: log.info("%s", text))
         self.background = background
         self.name = name
+        self.tags = list(tags or [])
         self._ids = ("", "")              # (exp_id, run_id) of the run recorded
         self._events = settings.resource_events()
         self._pipeline: Pipeline | None = None
@@ -126,9 +129,9 @@ class PrefectRecorder(Recorder):
         if self._events != "none" and change.state == "RELEASED":
             for event in metric_events(change, *self._ids):
                 pipeline.queue.put(("event", event))
-        now = datetime.now(timezone.utc)
+        at = utc(change.at)   # when it happened, not when it was queued
         for level, text in story(change, self._redact):
-            pipeline.queue.put(("log", change.run_id, f"nepi.{change.rtype}", level, text, now))
+            pipeline.queue.put(("log", change.run_id, f"nepi.{change.rtype}", level, text, at))
 
     def abandon(self, ec: "ExperimentController", reason: str) -> None:
         self.timeout = min(self.timeout, ABANDON_TIMEOUT)  # the process is on its way out
@@ -208,7 +211,7 @@ class PrefectRecorder(Recorder):
     # -- helpers ---------------------------------------------------------------------------------
     def _target(self, ec: "ExperimentController") -> Target:
         name = self.name or f"{ec.exp_id}-{ec.run_id}"
-        target = Target(attach="new", flow_run_name=name, tags=[ec.exp_id, "nepi-prefect"],
+        target = Target(attach="new", flow_run_name=name, tags=[ec.exp_id, "nepi-prefect", *self.tags],
                         parameters={"exp_id": ec.exp_id, "run_id": ec.run_id},
                         started=datetime.now(timezone.utc).isoformat())
         # Importing Prefect takes seconds on a busy machine: don't, unless the user
