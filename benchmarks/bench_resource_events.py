@@ -64,8 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-url", required=True, help="a running Prefect API")
     parser.add_argument("--rms", type=int, default=1000)
+    parser.add_argument("--modes", default="none,failures,all",
+                        help="the NEPI_PREFECT_RESOURCE_EVENTS values to run, in order")
     args = parser.parse_args()
-    for events in ("none", "failures", "all"):
+    for events in args.modes.split(","):
         result = run(args.api_url, args.rms, events)
         print(f"{args.rms} RMs, resource events {events}: "
               f"ran {result['ran_s']} s, {result['wall_s']} s to the end of shutdown (record delivered: "
