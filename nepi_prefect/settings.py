@@ -223,8 +223,8 @@ def ns3_spare() -> bool:
 
 #: which ``nepi.resource.<state>`` and ``nepi.metric`` events the Prefect record carries
 #: (for automations): "all" (every life-cycle state and the metrics), "failures" (only
-#: nepi.resource.failed and the metrics: each event costs the server about what a
-#: task-run state does, which shows on runs of a thousand RMs) or "none" (also 0)
+#: nepi.resource.failed and the metrics: fewer events for the server to ingest, which
+#: shows on runs of a thousand RMs) or "none" (also 0)
 RESOURCE_EVENTS_ENV = "NEPI_PREFECT_RESOURCE_EVENTS"
 RESOURCE_EVENTS_CHOICES = ("all", "failures", "none")
 

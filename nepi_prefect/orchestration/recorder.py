@@ -41,8 +41,8 @@ log = logging.getLogger("nepi_prefect.orchestration")
 ATTACH_MODES = ("auto", "current", "subflow", "new")
 ABANDON_TIMEOUT = 10.0
 NOTIFY_AFTER = 1.0     # seconds of waiting in close() before saying what for
-#: states inside a deploy, neither announced nor logged (READY says it is deployed):
-#: each event costs the server as much as a task-run state (the record of 1000 RMs)
+#: states inside a deploy, neither announced nor logged (READY says it is deployed;
+#: two events and two log lines less per RM for the server to ingest)
 DEPLOY_STEPS = ("DISCOVERED", "PROVISIONED")
 #: seconds close() may wait while the local server it needs is still starting
 SERVER_START_WAIT = 30.0
