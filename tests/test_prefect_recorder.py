@@ -212,7 +212,7 @@ def test_failing_critical_rm_fails_the_flow_run(client, tmp_path):
     ec, recorder, (good, bad) = run_experiment(build, tmp_path)
     flow_run = client.read_flow_run(recorder.flow_run_id)
     assert flow_run.state.is_failed()
-    assert "critical resource PrefectTestExploding" in flow_run.state.message
+    assert flow_run.state.message.startswith("experiment failed: PrefectTestExploding-")
     runs = task_runs(client, flow_run.id)
     failed = runs[f"start-PrefectTestExploding-{bad}"]
     assert failed.state.is_failed(), failed.state

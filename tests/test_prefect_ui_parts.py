@@ -48,6 +48,12 @@ def test_final_names_the_failed_resource_and_fails_lost_results():
     state, message = recorder._final(SUMMARY)
     assert state == "FAILED"
     assert message.startswith("experiment failed: client (LinuxPing 2) FAILED: exit code 8")
+    # the experiment's failure is kept when it says more, dropped when it repeats
+    assert message == ("experiment failed: client (LinuxPing 2) FAILED: exit code 8; "
+                       "critical resource LinuxPing 2 FAILED")
+    repeated = {**SUMMARY, "failure": "critical resource LinuxPing 2 FAILED: exit code 8"}
+    assert recorder._final(repeated)[1] == \
+        "experiment failed: client (LinuxPing 2) FAILED: exit code 8"
     state, message = recorder._final({"state": "INCOMPLETE", "lost": ["summary.json: disk full"],
                                       "resources": []})
     assert (state, message) == ("FAILED", "results lost: summary.json: disk full")

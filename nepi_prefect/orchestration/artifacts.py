@@ -68,6 +68,18 @@ def failed_lines(summary: dict[str, Any]) -> list[str]:
             for res in summary.get("resources", []) if res.get("state") == "FAILED"]
 
 
+def failure_lines(summary: dict[str, Any]) -> list[str]:
+    """Why the run failed: each FAILED resource by name with its reason, then the
+    experiment's failure unless it only repeats one of those reasons."""
+    lines = failed_lines(summary)
+    why = summary.get("failure")
+    reasons = [res["failure"] for res in summary.get("resources", [])
+               if res.get("state") == "FAILED" and res.get("failure")]
+    if why and not any(reason in why for reason in reasons):
+        lines.append(why)
+    return lines
+
+
 def failed_resources(summary: dict[str, Any]) -> str:
     """The FAILED resources by name, with their reasons ("" if none)."""
     return "; ".join(failed_lines(summary))
@@ -111,7 +123,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
     resources = summary.get("resources", [])
     verdict = summary.get("state") or "UNKNOWN"
     lines = [f"# {summary.get('exp_id')} run {summary.get('run_id')}: **{verdict}**", ""]
-    reasons = failed_lines(summary) + ([summary["failure"]] if summary.get("failure") else [])
+    reasons = failure_lines(summary)
     if reasons:
         lines += ["## Failure", "", *(f"- {line}" for line in reasons), ""]
     if summary.get("lost"):

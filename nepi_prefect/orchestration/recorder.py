@@ -26,7 +26,7 @@ from nepi_prefect import settings
 from nepi_prefect.execution.recording import ActionRun, Recorder, ResourceChange
 from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
-from nepi_prefect.orchestration.artifacts import closing_artifacts, failed_resources
+from nepi_prefect.orchestration.artifacts import closing_artifacts, failure_lines
 from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
 from nepi_prefect.orchestration.events import Snapshot, metric_events, resource_event, utc
 from nepi_prefect.orchestration.journal import Journal
@@ -249,10 +249,8 @@ class PrefectRecorder(Recorder):
             return self._abandoned
         state = summary.get("state")
         if state == "FAILED":
-            failed = failed_resources(summary)
-            why = summary.get("failure") or "unknown reason"
-            return "FAILED", f"experiment failed: {failed}; {why}" if failed else \
-                f"experiment failed: {why}"
+            why = "; ".join(failure_lines(summary)) or "unknown reason"
+            return "FAILED", f"experiment failed: {why}"
         if state == "INCOMPLETE":  # it ran, but results were lost
             return "FAILED", f"results lost: {'; '.join(summary.get('lost') or []) or 'see summary'}"
         if state not in (None, "COMPLETED"):
