@@ -219,3 +219,21 @@ def ns3_python() -> str:
 def ns3_spare() -> bool:
     """Whether a pre-imported simulator process is kept ready for the next run."""
     return os.environ.get(NS3_SPARE_ENV, "1").strip() not in ("0", "false", "no")
+
+
+#: which ``nepi.resource.<state>`` and ``nepi.metric`` events the Prefect record carries
+#: (for automations): "all" (every life-cycle state and the metrics), "failures" (only
+#: nepi.resource.failed and the metrics: fewer events for the server to ingest, which
+#: shows on runs of a thousand RMs) or "none" (also 0)
+RESOURCE_EVENTS_ENV = "NEPI_PREFECT_RESOURCE_EVENTS"
+RESOURCE_EVENTS_CHOICES = ("all", "failures", "none")
+
+
+def resource_events() -> str:
+    """``$NEPI_PREFECT_RESOURCE_EVENTS``: all (the default, also 1), failures or none (0)."""
+    text = os.environ.get(RESOURCE_EVENTS_ENV, "all").strip().lower() or "all"
+    text = {"1": "all", "0": "none", "on": "all", "off": "none"}.get(text, text)
+    if text not in RESOURCE_EVENTS_CHOICES:
+        raise ValueError(f"{RESOURCE_EVENTS_ENV}={text!r}: expected one of "
+                         f"{', '.join(RESOURCE_EVENTS_CHOICES)}")
+    return text

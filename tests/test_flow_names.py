@@ -26,17 +26,22 @@ def test_description_name_reads_the_file_or_the_inline_description(tmp_path):
     assert description_name({"description_file": str(tmp_path / "missing.yaml")}) is None
 
 
+def local_app(path, name: str):
+    """A description ``name``: an app ``app`` on a node ``node`` (localhost)."""
+    path.write_text(f"name: {name}\nresources:\n"
+                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
+                    "  - {name: app, rtype: LinuxApplication, attributes: {command: 'true'}}\n"
+                    "connections: [[node, app]]\n")
+    return path
+
+
 @pytest.mark.prefect
 def test_experiment_flow_run_is_named_after_the_experiment(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
 
     from nepi_prefect.flows import experiment_flow
 
-    path = tmp_path / "named.yaml"
-    path.write_text("name: named-run\nresources:\n"
-                    "  - {name: node, rtype: LinuxNode, attributes: {hostname: localhost}}\n"
-                    "  - {name: app, rtype: LinuxApplication, attributes: {command: 'true'}}\n"
-                    "connections: [[node, app]]\n")
+    path = local_app(tmp_path / "named.yaml", "named-run")
     state = experiment_flow(description_file=str(path), overrides={"app.command": "echo 1"},
                             results_dir=str(tmp_path), return_state=True)
     assert state.is_completed(), state.message
@@ -58,3 +63,37 @@ def test_experiment_flow_run_is_named_after_the_experiment(prefect_server, tmp_p
 
     assert asyncio.run(read())[0].name == "named-run-command=echo 1"
     wait_until(task_names, timeout=60, interval=1, message="task runs deploy-node, start-app")
+
+
+@pytest.mark.prefect
+def test_sweep_children_are_named_after_the_experiment_and_its_point(prefect_server, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from nepi_prefect.flows import sweep_flow
+
+    path = local_app(tmp_path / "swept.yaml", "swept")
+    state = sweep_flow(description_file=str(path), grid={"app.command": ["echo 1", "echo 2"]},
+                       results_dir=str(tmp_path), campaign="swept-names", return_state=True)
+    assert state.is_completed(), state.message
+    parent = state.state_details.flow_run_id
+
+    async def sweep_name():
+        async with get_client() as client:
+            return (await client.read_flow_run(parent)).name
+
+    assert asyncio.run(sweep_name()) == "swept-names"     # the campaign's, not random
+
+    async def children():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+        return {run.name for run in runs if "campaign:swept-names" in run.tags}
+
+    def named():
+        names = asyncio.run(children())
+        return names if len(names) == 2 else None
+
+    # each point's run, by the store's repetition number (the first is r0)
+    assert wait_until(named, timeout=120, interval=1, message="two child flow runs") == \
+        {"swept-command=echo 1-r0", "swept-command=echo 2-r0"}

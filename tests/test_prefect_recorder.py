@@ -140,12 +140,16 @@ def test_flow_run_task_runs_logs_and_artifact(client, tmp_path):
 
     artifacts = client.read_artifacts(
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
-    assert [art.key for art in artifacts] == ["nepi-summary"]
-    rows = json.loads(artifacts[0].data)
+    by_key = {art.key: art for art in artifacts}
+    assert sorted(by_key) == ["nepi-report-exp-flow", "nepi-summary-exp-flow"]
+    table = by_key["nepi-summary-exp-flow"]
+    rows = json.loads(table.data)
     assert {(r["guid"], r["rtype"], r["state"]) for r in rows} == {
         (a, "PrefectTestSimple", "STOPPED"), (b, "PrefectTestSimple", "STOPPED")}
-    assert all(r["start_time"] and r["release_time"] for r in rows)
-    assert ec.run_dir in artifacts[0].description
+    assert all(r["duration_s"] is not None and r["duration_s"] >= 0 for r in rows)
+    assert ec.run_dir in table.description
+    assert "**STOPPED**" not in by_key["nepi-report-exp-flow"].data
+    assert "**COMPLETED**" in by_key["nepi-report-exp-flow"].data
 
 
 def test_group_barrier_edges(client, tmp_path):
@@ -208,10 +212,14 @@ def test_failing_critical_rm_fails_the_flow_run(client, tmp_path):
     ec, recorder, (good, bad) = run_experiment(build, tmp_path)
     flow_run = client.read_flow_run(recorder.flow_run_id)
     assert flow_run.state.is_failed()
-    assert "critical resource PrefectTestExploding" in flow_run.state.message
+    assert flow_run.state.message.startswith("experiment failed: PrefectTestExploding-")
     runs = task_runs(client, flow_run.id)
     failed = runs[f"start-PrefectTestExploding-{bad}"]
     assert failed.state.is_failed(), failed.state
+    # the RM's own reason, on its run and on the flow run, which names it
+    assert "start exploded on purpose" in failed.state.message
+    assert f"PrefectTestExploding-{bad} (PrefectTestExploding {bad}) FAILED: RuntimeError: " \
+        "start exploded on purpose" in flow_run.state.message
     assert runs[f"deploy-PrefectTestExploding-{bad}"].state.is_completed()
 
 

@@ -9,12 +9,13 @@ each kind, from which conditions and release orders draw their edges.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 from datetime import datetime
 
-from nepi_prefect.execution.recording import ActionRun, Recorder, RunState
+from nepi_prefect.execution.recording import ActionRun, Recorder, ResourceChange, RunState
 from nepi_prefect.execution.resource import ResourceManager
-from nepi_prefect.execution.states import TARGETS, ActionKind, ResourceState
+from nepi_prefect.execution.states import TARGETS, ActionKind, ResourceState, ResourceState2str
 from nepi_prefect.util.timefuncs import tnow
 
 
@@ -96,35 +97,63 @@ class RunLedger:
 
     def state_changed(self, rm: ResourceManager, state: ResourceState) -> None:
         """Close the open runs of ``rm`` that ``state`` completes or ends; record a stop
-        the RM made by itself."""
+        the RM made by itself, or a failure it reached by itself."""
         runs = list(self._open.get(rm.guid) or ())
+        change = self._change(rm, state, runs)
         self_stop = state in (STOPPED, FINISHED) and not rm.releasing \
             and not any(run.kind == K.STOP for run in runs) and not self._stopped_since_start(rm)
+        reason = change.failure or ""
+        # FAILED while nothing ran (an app whose process failed after its start): the
+        # failure is a stop of its own, Failed, so the record shows which RM failed and why
+        self_fail = state == FAILED and not rm.releasing \
+            and not any(run.state == RunState.RUNNING for run in runs) and self._running(rm)
         for run in runs:
             if state in TARGETS[run.kind]:
                 self.finish(run, RunState.COMPLETED)
             elif state == FAILED:
                 failed = RunState.FAILED if run.state == RunState.RUNNING else RunState.CANCELLED
-                self.finish(run, failed, f"{rm.get_rtype()} {rm.guid} FAILED")
+                self.finish(run, failed, reason if failed == RunState.FAILED
+                            else f"{rm.name or rm.get_rtype()} FAILED: {reason}")
             elif state == RELEASED:
                 self.finish(run, RunState.CANCELLED, f"released before its {run.kind}")
-        if self_stop:
-            self._self_stop(rm)
+        own = self._self_stop(rm) if self_stop else \
+            self._self_stop(rm, failure=reason) if self_fail else None
+        if own is not None and change.run_id is None:
+            change = dataclasses.replace(change, run_id=own.id)
+        self.recorder.resource_changed(change)
+
+    def _change(self, rm: ResourceManager, state: ResourceState,
+                runs: list[ActionRun]) -> ResourceChange:
+        running = [run for run in runs if run.state == RunState.RUNNING]
+        current = (running or runs or [None])[-1]
+        done = state in (FAILED, RELEASED)
+        return ResourceChange(
+            rm.guid, rm.name, rm.get_rtype(), ResourceState2str[state], tnow(),
+            current.id if current is not None else None,
+            (rm.failure or f"{rm.get_rtype()} {rm.guid} FAILED") if state == FAILED else None,
+            rm.get_metrics() if done else {}, dict(rm.collected) if state == RELEASED else {})
+
+    def _running(self, rm: ResourceManager) -> bool:
+        """Its start completed and nothing stopped it since."""
+        start = self._latest.get((rm.guid, K.START))
+        return start is not None and start.state == RunState.COMPLETED \
+            and not self._stopped_since_start(rm)
 
     def _stopped_since_start(self, rm: ResourceManager) -> bool:
         # e.g. FINISHED after a stop already recorded: one stop per start
         stop, start = self._latest.get((rm.guid, K.STOP)), self._latest.get((rm.guid, K.START))
         return stop is not None and (start is None or stop.created_at >= start.created_at)
 
-    def _self_stop(self, rm: ResourceManager) -> None:
+    def _self_stop(self, rm: ResourceManager, failure: str = "") -> ActionRun:
         """The RM stopped or finished with no stop asked for (it scheduled its own
-        ``stop``, or its work ended): record it as a stop run like a user's, after
-        its start."""
+        ``stop``, or its work ended), or failed by itself (``failure``): record it as a
+        stop run like a user's, after its start; Failed with the reason if it failed."""
         start = self._latest.get((rm.guid, K.START))
         run = self.open(K.STOP, rm, [start] if start is not None else None)
-        run.message = "the resource stopped by itself"
+        run.message = failure or "the resource stopped by itself"
         self.running(run)
-        self.finish(run, RunState.COMPLETED)
+        self.finish(run, RunState.FAILED if failure else RunState.COMPLETED)
+        return run
 
     # -- reading -----------------------------------------------------------------
     def current(self, guid: int) -> ActionRun | None:

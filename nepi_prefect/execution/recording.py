@@ -73,6 +73,23 @@ class ActionRun:
         return f"ActionRun({self.name}, {self.state.value})"
 
 
+@dataclass(frozen=True, slots=True)
+class ResourceChange:
+    """An RM reached a new state: what a recorder may show or announce of it."""
+
+    guid: int
+    name: str
+    rtype: str
+    state: str                     # the state's name: STARTED, FAILED, ...
+    at: datetime
+    #: the run the RM was working on (its state change is logged there), if any
+    run_id: uuid.UUID | None = None
+    failure: str | None = None     # why, when FAILED
+    #: what it measured and the local paths of its collected traces (once RELEASED)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    traces: dict[str, str] = field(default_factory=dict)
+
+
 class Recorder:
     """Receives the life of an experiment run. The base class records nothing."""
 
@@ -87,6 +104,9 @@ class Recorder:
 
     def log(self, run: ActionRun | None, level: int, message: str) -> None:
         """An RM (``run`` is its current action) or the EC (``run`` is None) logged."""
+
+    def resource_changed(self, change: ResourceChange) -> None:
+        """An RM changed state (called before the action runs it ends are closed)."""
 
     def close(self, ec: Experiment, summary: dict[str, Any]) -> None:
         """The experiment run ended (shutdown). Block until the record is complete."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.spec.io import apply_overrides, read_description
@@ -55,3 +55,14 @@ def description_name(parameters: dict[str, Any]) -> str | None:
     except Exception:  # noqa: BLE001  (a name is no place to report a bad file)
         return None
     return desc.get("name") if isinstance(desc, dict) else getattr(desc, "name", None)
+
+
+def campaign_run_name(kind: str) -> Callable[[], str]:
+    """A ``flow_run_name`` for a campaign flow: its campaign's name if given, else
+    ``<experiment>-<kind>`` (e.g. ``ping-sweep``), not Prefect's random adjective-animal."""
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters
+        return params.get("campaign") or f"{description_name(params) or 'experiment'}-{kind}"
+    return name

@@ -71,7 +71,11 @@ def run_point(desc: ExperimentDescription, overrides: dict[str, Any], campaign: 
     its heartbeat and outcome in the campaign store."""
     with RunRecord(campaign, run_key, results_dir) as record:
         # the next run need not wait for this one's record: the campaign waits at its end
-        recorder = PrefectRecorder(attach="subflow", background=True)
+        run = record.store.run(run_key) or {}
+        # named from the experiment and its parameters, e.g. ping-interval=0.2-r1
+        recorder = PrefectRecorder(attach="subflow", background=True,
+                                   name=run_name(desc.name, overrides, run.get("rep")),
+                                   tags=[f"campaign:{campaign}"])
         ec = build_experiment(apply_overrides(desc, overrides), recorder=recorder,
                               local_dir=settings.results_root(results_dir))
         summary = run_experiment(ec, timeout=timeout)

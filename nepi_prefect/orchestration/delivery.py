@@ -156,11 +156,15 @@ class Delivery:
             if not events:
                 break
             self._wait_for_room(len(events), stop)
-            self.api.post_events([{**event, "related": self._related} for _, event in events])
-            last = events[-1][1]
+            # nepi's own events carry related resources of their own (the RM, the run)
+            self.api.post_events([{**event, "related": self._related + event.get("related", [])}
+                                  for _, event in events])
             self._posted += len(events)
-            self._checkpoints.append((self._posted, _task_run_id(last),
-                                      last["resource"]["prefect.state-timestamp"]))
+            last = next((e for _, e in reversed(events) if "prefect.state-timestamp"
+                         in e["resource"]), None)   # the batch's last task-run event
+            if last is not None:
+                self._checkpoints.append((self._posted, _task_run_id(last),
+                                          last["resource"]["prefect.state-timestamp"]))
             self._accepted(events=len(events), upto=events[-1][0])
         while True:
             with self.lock:
@@ -207,8 +211,9 @@ class Delivery:
     def finish(self) -> None:
         """The artifact and the final state; then the journal goes."""
         closing = self.closing
-        if closing.get("artifact") is not None:
-            self.api.create_artifact({**closing["artifact"], "flow_run_id": str(self.flow_run_id)})
+        for artifact in closing.get("artifacts") or \
+                ([closing["artifact"]] if closing.get("artifact") else []):
+            self.api.create_artifact({**artifact, "flow_run_id": str(self.flow_run_id)})
         if self.target.attach != "current":
             self.api.set_flow_run_state(self.flow_run_id, closing["type"], closing["name"],
                                         closing["message"])

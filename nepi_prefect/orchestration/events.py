@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from nepi_prefect.execution.recording import ActionRun, RunState
+from nepi_prefect.execution.recording import ActionRun, ResourceChange, RunState
 
 #: RunState -> (Prefect state type, Prefect state name)
 STATES: dict[RunState, tuple[str, str]] = {
@@ -45,12 +45,20 @@ class Snapshot:
     ended_at: datetime | None
     message: str
     at: datetime            # when the engine reported it (UTC)
+    resource: str = ""      # the RM's human name (empty for a barrier)
 
     @classmethod
     def of(cls, run: ActionRun) -> "Snapshot":
         return cls(run.id, run.name, run.kind, run.rtype, run.state,
                    tuple(up.id for up in run.upstream), run.created_at, run.scheduled_for,
-                   run.started_at, run.ended_at, run.message, datetime.now(timezone.utc))
+                   run.started_at, run.ended_at, run.message, datetime.now(timezone.utc),
+                   run.resource_name)
+
+    @property
+    def tags(self) -> list[str]:
+        """What a task run can be filtered by in the UI: its action, rtype and resource."""
+        tags = [f"action:{self.kind}", f"rtype:{self.rtype}"]
+        return tags + [f"resource:{self.resource}"] if self.resource else tags
 
 
 def utc(moment: datetime | None) -> datetime | None:
@@ -124,7 +132,7 @@ class TaskRunEvents:
             # the server upserts task runs by (flow run, task_key, dynamic_key)
             "dynamic_key": str(snap.id),
             "empirical_policy": {"max_retries": 0, "retry_delay_seconds": 0.0},
-            "tags": self.tags,
+            "tags": sorted({*self.tags, *snap.tags}),
             "labels": {},
             "task_inputs": {"wait_for": [{"input_type": "task_run", "id": str(up)}
                                          for up in snap.upstream]} if snap.upstream else {},
@@ -169,7 +177,8 @@ def crashed(last: dict[str, Any], when: datetime, message: str) -> dict[str, Any
     """The event that ends a task run left unfinished (its last event ``last``) as
     Crashed; None if it had ended."""
     resource = last["resource"]
-    if resource["prefect.state-type"] not in ("PENDING", "SCHEDULED", "RUNNING"):
+    if not last["event"].startswith("prefect.task-run.") or \
+            resource["prefect.state-type"] not in ("PENDING", "SCHEDULED", "RUNNING"):
         return None
     stamp = max(when, datetime.fromisoformat(resource["prefect.state-timestamp"]) + _TICK)
     previous = last["payload"]["validated_state"]
@@ -201,3 +210,58 @@ def log_record(task_run_id: uuid.UUID | None, logger: str,
     if task_run_id is not None:
         record["task_run_id"] = str(task_run_id)
     return record
+
+
+# -- nepi's own events, for Prefect automations ------------------------------------------------
+def resource_id(exp_id: str, run_id: str, guid: int) -> str:
+    """The Prefect resource id of one RM of one run: ``nepi.resource.<exp>.<run>.<guid>``."""
+    return f"nepi.resource.{exp_id}.{run_id}.{guid}"
+
+
+def resource_event(change: ResourceChange, exp_id: str, run_id: str) -> dict[str, Any]:
+    """``nepi.resource.<state>`` (e.g. ``nepi.resource.failed``) for an RM's state change;
+    the experiment, the run and the task run are its related resources."""
+    payload: dict[str, Any] = {"state": change.state, "resource": change.name,
+                               "rtype": change.rtype, "guid": change.guid}
+    if change.failure:
+        payload["failure"] = change.failure
+    return _nepi_event(f"nepi.resource.{change.state.lower()}", change, exp_id, run_id,
+                       {"prefect.resource.id": resource_id(exp_id, run_id, change.guid)},
+                       payload)
+
+
+def metric_events(change: ResourceChange, exp_id: str, run_id: str) -> list[dict[str, Any]]:
+    """One ``nepi.metric`` per numeric metric of the RM: its name and value in the
+    payload and the resource's labels; the RM, experiment and run are related."""
+    rm = resource_id(exp_id, run_id, change.guid)
+    return [_nepi_event("nepi.metric", change, exp_id, run_id,
+                        {"prefect.resource.id": f"{rm}.metric.{name}", "nepi.metric": name,
+                         "nepi.value": str(value)},
+                        {"metric": name, "value": value, "resource": change.name,
+                         "rtype": change.rtype, "guid": change.guid},
+                        [{"prefect.resource.id": rm, "prefect.resource.role": "nepi-resource",
+                          "prefect.resource.name": change.name}])
+            for name, value in sorted(change.metrics.items())
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def _nepi_event(name: str, change: ResourceChange, exp_id: str, run_id: str,
+                resource: dict[str, str], payload: dict[str, Any],
+                extra: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    related = [*(extra or []),
+               {"prefect.resource.id": f"nepi.experiment.{exp_id}",
+                "prefect.resource.role": "nepi-experiment", "prefect.resource.name": exp_id},
+               {"prefect.resource.id": f"nepi.run.{exp_id}.{run_id}",
+                "prefect.resource.role": "nepi-run", "prefect.resource.name": run_id}]
+    if change.run_id is not None:
+        related.append({"prefect.resource.id": f"prefect.task-run.{change.run_id}",
+                        "prefect.resource.role": "task-run"})
+    return {
+        "id": str(uuid.uuid4()),
+        "occurred": (utc(change.at) or datetime.now(timezone.utc)).isoformat(),
+        "event": name,
+        "resource": {"prefect.resource.name": change.name, "nepi.rtype": change.rtype,
+                     "nepi.guid": str(change.guid), "nepi.experiment": exp_id, **resource},
+        "related": related,
+        "payload": payload,
+    }

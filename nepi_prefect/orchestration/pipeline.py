@@ -98,6 +98,8 @@ class Pipeline:
             if item[0] == "log":
                 _, run_id, logger, level, message, at = item
                 self.delivery.add_log(log_record(run_id, logger, level, message, at))
+            elif item[0] == "event":   # nepi's own (nepi.resource.*, nepi.metric), built
+                self.delivery.add_event(item[1])
             elif item[0] == "close":
                 closing = item[1]
         if closing is not None:

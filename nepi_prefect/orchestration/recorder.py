@@ -23,14 +23,15 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from nepi_prefect import settings
-from nepi_prefect.execution.recording import ActionRun, Recorder
+from nepi_prefect.execution.recording import ActionRun, Recorder, ResourceChange
 from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
-from nepi_prefect.orchestration.artifacts import summary_artifact
+from nepi_prefect.orchestration.artifacts import closing_artifacts, failure_lines
 from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
-from nepi_prefect.orchestration.events import Snapshot
+from nepi_prefect.orchestration.events import Snapshot, metric_events, resource_event, utc
 from nepi_prefect.orchestration.journal import Journal
 from nepi_prefect.orchestration.pipeline import Outcome, Pipeline
+from nepi_prefect.orchestration.story import story
 
 if TYPE_CHECKING:
     from nepi_prefect.execution.ec import ExperimentController
@@ -40,6 +41,9 @@ log = logging.getLogger("nepi_prefect.orchestration")
 ATTACH_MODES = ("auto", "current", "subflow", "new")
 ABANDON_TIMEOUT = 10.0
 NOTIFY_AFTER = 1.0     # seconds of waiting in close() before saying what for
+#: states inside a deploy, neither announced nor logged (READY says it is deployed;
+#: two events and two log lines less per RM for the server to ingest)
+DEPLOY_STEPS = ("DISCOVERED", "PROVISIONED")
 #: seconds close() may wait while the local server it needs is still starting
 SERVER_START_WAIT = 30.0
 
@@ -59,16 +63,25 @@ class PrefectRecorder(Recorder):
         flow run opened (at most ``timeout``); the rest goes out while this process
         lives on, and :func:`finish_background` waits for it (campaigns: the next run
         starts at once, and one line at the end says what is not on the server yet)
+    :param name: the flow run's name (default ``<exp_id>-<run_id>``; a campaign names
+        each run after its experiment and parameters, e.g. ``ping-interval=0.2-r1``)
+    :param tags: more tags for the flow run and its task runs (besides the experiment
+        id and ``nepi-prefect``; a campaign adds ``campaign:<name>``)
     """
 
     def __init__(self, attach: str = "auto", timeout: float | None = None,
-                 notify: Callable[[str], None] | None = None, background: bool = False):
+                 notify: Callable[[str], None] | None = None, background: bool = False,
+                 name: str | None = None, tags: list[str] | None = None):
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach must be one of {ATTACH_MODES}, got {attach!r}")
         self.attach = attach
         self.timeout = settings.record_timeout(timeout)
         self.notify = notify or (lambda text: log.info("%s", text))
         self.background = background
+        self.name = name
+        self.tags = list(tags or [])
+        self._ids = ("", "")              # (exp_id, run_id) of the run recorded
+        self._events = settings.resource_events()
         self._pipeline: Pipeline | None = None
         self._abandoned: tuple[str, str] | None = None   # (final type, message)
         self._closed = False
@@ -77,6 +90,7 @@ class PrefectRecorder(Recorder):
     # -- the Recorder interface ----------------------------------------------------------
     def open(self, ec: "ExperimentController") -> None:
         self._redact = ec.redact
+        self._ids = (ec.exp_id, ec.run_id)
         target = self._target(ec)
         header = {**target.header(), "pid": os.getpid(), "host": socket.gethostname()}
         try:
@@ -103,6 +117,22 @@ class PrefectRecorder(Recorder):
             self._pipeline.queue.put(("log", run.id if run is not None else None, logger,
                                       level, message, datetime.now(timezone.utc)))
 
+    def resource_changed(self, change: ResourceChange) -> None:
+        # Called from dispatcher threads: build and queue (the journal thread writes).
+        pipeline = self._pipeline
+        if pipeline is None or change.state in DEPLOY_STEPS:
+            return
+        if change.failure:
+            change = dataclasses.replace(change, failure=self._redact(change.failure))
+        if self._events == "all" or self._events == "failures" and change.state == "FAILED":
+            pipeline.queue.put(("event", resource_event(change, *self._ids)))
+        if self._events != "none" and change.state == "RELEASED":
+            for event in metric_events(change, *self._ids):
+                pipeline.queue.put(("event", event))
+        at = utc(change.at)   # when it happened, not when it was queued
+        for level, text in story(change, self._redact):
+            pipeline.queue.put(("log", change.run_id, f"nepi.{change.rtype}", level, text, at))
+
     def abandon(self, ec: "ExperimentController", reason: str) -> None:
         self.timeout = min(self.timeout, ABANDON_TIMEOUT)  # the process is on its way out
         if _interrupted():
@@ -118,7 +148,7 @@ class PrefectRecorder(Recorder):
         closing = {"type": final_type, "name": final_type.capitalize(),
                    "message": self._redact(message),
                    "at": datetime.now(timezone.utc).isoformat(),
-                   "artifact": summary_artifact(summary, redact=self._redact)}
+                   "artifacts": closing_artifacts(summary, redact=self._redact)}
         pipeline = self._pipeline
         pipeline.queue.put(("close", closing))
         pipeline.wake()
@@ -180,8 +210,8 @@ class PrefectRecorder(Recorder):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _target(self, ec: "ExperimentController") -> Target:
-        name = f"{ec.exp_id}-{ec.run_id}"
-        target = Target(attach="new", flow_run_name=name, tags=[ec.exp_id, "nepi-prefect"],
+        name = self.name or f"{ec.exp_id}-{ec.run_id}"
+        target = Target(attach="new", flow_run_name=name, tags=[ec.exp_id, "nepi-prefect", *self.tags],
                         parameters={"exp_id": ec.exp_id, "run_id": ec.run_id},
                         started=datetime.now(timezone.utc).isoformat())
         # Importing Prefect takes seconds on a busy machine: don't, unless the user
@@ -213,12 +243,18 @@ class PrefectRecorder(Recorder):
         return target
 
     def _final(self, summary: dict[str, Any]) -> tuple[str, str]:
+        """The flow run's final state and message: a failure names the failed resources
+        (by their names) and their reasons; lost results (INCOMPLETE) fail it too."""
         if self._abandoned is not None:
             return self._abandoned
-        if summary.get("state") == "FAILED":
-            return "FAILED", f"experiment failed: {summary.get('failure') or 'unknown reason'}"
-        if summary.get("state") == "INCOMPLETE":  # it ran, but results were lost
+        state = summary.get("state")
+        if state == "FAILED":
+            why = "; ".join(failure_lines(summary)) or "unknown reason"
+            return "FAILED", f"experiment failed: {why}"
+        if state == "INCOMPLETE":  # it ran, but results were lost
             return "FAILED", f"results lost: {'; '.join(summary.get('lost') or []) or 'see summary'}"
+        if state not in (None, "COMPLETED"):
+            return "FAILED", f"experiment ended {state}: {summary.get('failure') or 'see summary'}"
         return "COMPLETED", f"{len(summary.get('resources', []))} resources"
 
     def _report(self, summary: dict[str, Any]) -> None:
