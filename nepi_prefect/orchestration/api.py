@@ -85,6 +85,13 @@ class PrefectAPI:
         state = {"type": state_type, "name": name, "message": message or None}
         self._post(f"flow_runs/{flow_run_id}/set_state", {"state": state, "force": True})
 
+    def flow_run_state(self, flow_run_id: uuid.UUID) -> tuple[str | None, str | None]:
+        """The flow run's state type and message."""
+        response = self._http.get(f"flow_runs/{flow_run_id}", timeout=10)
+        response.raise_for_status()
+        state = response.json().get("state") or {}
+        return state.get("type"), state.get("message")
+
     def post_events(self, events: list[dict[str, Any]]) -> None:
         self._post("events", events)
 

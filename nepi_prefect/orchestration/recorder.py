@@ -27,6 +27,7 @@ from nepi_prefect.execution.recording import ActionRun, Recorder, ResourceChange
 from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
 from nepi_prefect.orchestration.artifacts import closing_artifacts, failure_lines
+from nepi_prefect.orchestration.cancel import CancelWatch
 from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
 from nepi_prefect.orchestration.events import Snapshot, metric_events, resource_event, utc
 from nepi_prefect.orchestration.journal import Journal
@@ -84,6 +85,8 @@ class PrefectRecorder(Recorder):
         self._events = settings.resource_events()
         self._pipeline: Pipeline | None = None
         self._abandoned: tuple[str, str] | None = None   # (final type, message)
+        self._cancelled: str | None = None   # why, if its flow run was cancelled in Prefect
+        self._watch: CancelWatch | None = None
         self._closed = False
         self._redact = _same
 
@@ -100,8 +103,19 @@ class PrefectRecorder(Recorder):
                 f"cannot write the Prefect record's journal in {settings.journal_dir()}: {exc}; "
                 f"set {settings.JOURNAL_ENV} to a writable directory, or "
                 f"{settings.RECORDER_ENV}=none to run without a record") from None
-        self._pipeline = Pipeline(Delivery(journal, target), target.tags)
-        self._pipeline.start()
+        self._pipeline = pipeline = Pipeline(Delivery(journal, target), target.tags)
+        pipeline.start()
+        if target.attach != "current":   # Prefect's engine owns (and cancels) a current run
+            self._watch = CancelWatch(lambda: (pipeline.delivery.api, pipeline.outcome.flow_run_id),
+                                      lambda why: self._cancel(ec, why))
+            self._watch.start()
+
+    def _cancel(self, ec: "ExperimentController", why: str) -> None:
+        """The flow run was cancelled in Prefect: abort the experiment, end Cancelled."""
+        self._cancelled = why
+        log.warning("experiment %s: its flow run was cancelled in Prefect (%s); "
+                    "releasing every resource", ec.exp_id, why)
+        ec.abort(f"cancelled in Prefect: {why}")
 
     def action_changed(self, run: ActionRun) -> None:
         # Called from dispatcher threads: snapshot (the engine mutates the run) and queue.
@@ -144,6 +158,8 @@ class PrefectRecorder(Recorder):
         if self._pipeline is None or self._closed:
             return
         self._closed = True
+        if self._watch is not None:
+            self._watch.stop()
         final_type, message = self._final(summary)
         closing = {"type": final_type, "name": final_type.capitalize(),
                    "message": self._redact(message),
@@ -247,6 +263,8 @@ class PrefectRecorder(Recorder):
         (by their names) and their reasons; lost results (INCOMPLETE) fail it too."""
         if self._abandoned is not None:
             return self._abandoned
+        if self._cancelled is not None:
+            return "CANCELLED", f"cancelled in Prefect: {self._cancelled}"
         state = summary.get("state")
         if state == "FAILED":
             why = "; ".join(failure_lines(summary)) or "unknown reason"

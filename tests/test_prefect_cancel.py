@@ -1,0 +1,85 @@
+"""Cancelling an experiment's flow run in Prefect (the UI's Cancel, or
+``prefect flow-run cancel``) aborts the experiment: every resource is released, its
+remote processes are killed, what was collected is kept, and the run ends Cancelled.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelling
+
+from tests.fixtures.prefect_api import nepi_cli
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.prefect, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE = 300.0   # a saturated machine: generous, never a speed claim
+
+
+def _description(tmp_path: Path, marker: str) -> Path:
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "cancelme",
+        "resources": [
+            {"name": "node", "rtype": "LinuxNode", "attributes": {"hostname": "localhost"}},
+            {"name": "sleeper", "rtype": "LinuxApplication",
+             "attributes": {"command": f"echo begun; sh -c 'sleep 600; true' {marker}"},
+             "collect": ["stdout"]}],
+        "connections": [["node", "sleeper"]],
+        "wait_for": ["sleeper"],
+        "timeout": "20m"}))
+    return path
+
+
+def _flow_run(api_url: str):
+    """The experiment's flow run; None while there is none (or no server yet)."""
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["cancelme"])))
+        except httpx.TransportError:
+            return None
+        return runs[0] if runs else None
+
+
+def _running_marker(marker: str) -> bool:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+def test_cancelling_the_flow_run_aborts_the_cli_run(local_home, tmp_path):
+    marker = f"nepi-cancel-{uuid.uuid4().hex[:8]}"
+    run = subprocess.Popen(nepi_cli() + ["run", str(_description(tmp_path, marker))],
+                           env=local_home.env, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        flow_run = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and
+                              fr.state.is_running() and _running_marker(marker) and fr,
+                              timeout=DEADLINE, message="the run's app and its flow run")
+        with temporary_settings(updates={PREFECT_API_URL: local_home.api_url}):
+            with get_client(sync_client=True) as client:   # what the UI's Cancel does
+                client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        output, _ = run.communicate(timeout=DEADLINE)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 1, output
+    assert "cancelled in Prefect" in output, output
+    assert not _running_marker(marker), "the app outlived the cancelled experiment"
+    ended = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and fr.state.is_final()
+                       and fr, timeout=DEADLINE, message="the flow run's final state")
+    assert ended.state.is_cancelled(), ended.state
+    assert "cancelled in Prefect" in (ended.state.message or "")
+    stdout = list((tmp_path / "results").rglob("stdout"))
+    assert stdout and "begun" in stdout[0].read_text()   # what was collected is kept
