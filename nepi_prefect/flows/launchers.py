@@ -24,6 +24,7 @@ from prefect.states import Cancelled, Crashed
 from prefect.utilities.callables import parameter_schema
 
 from nepi_prefect import settings
+from nepi_prefect.flows._common import run_name
 from nepi_prefect.results.store import FAILED, RUNNING, CampaignStore
 
 #: how often a launch that hit a transient API error is tried, and the first back-off
@@ -55,10 +56,6 @@ def with_retries(call: Callable[[], Any], attempts: int = ATTEMPTS, backoff: flo
                 raise
             time.sleep(backoff * 2 ** attempt)
     raise AssertionError("unreachable")
-
-
-def run_name(store: CampaignStore, run: dict[str, Any]) -> str:
-    return f"{store.name}-{run['point']}-r{run['rep']}"
 
 
 # -- in this process -------------------------------------------------------------------------------
@@ -140,6 +137,7 @@ class PoolLauncher:
         self.store = store
         self.deployment = deployment
         self.parameters = parameters
+        self._experiment = (parameters.get("description") or {}).get("name")
         self.lease = settings.campaign_lease(lease)
         self.poll = poll
         self.runs: dict[str, str] = {}        # run key -> flow run id
@@ -153,7 +151,8 @@ class PoolLauncher:
         try:
             flow_run = with_retries(lambda: run_deployment(
                 self.deployment, parameters=parameters, timeout=0, as_subflow=True,
-                flow_run_name=run_name(self.store, run), tags=[f"campaign:{self.store.name}"],
+                flow_run_name=run_name(self._experiment, params, run["rep"]),
+                tags=[f"campaign:{self.store.name}"],
                 # the same key and attempt never makes two flow runs, even if retried
                 idempotency_key=f"{self.store.name}:{key}:{run['attempt']}"))
         except Exception as exc:
