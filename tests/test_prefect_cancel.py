@@ -83,3 +83,38 @@ def test_cancelling_the_flow_run_aborts_the_cli_run(local_home, tmp_path):
     assert "cancelled in Prefect" in (ended.state.message or "")
     stdout = list((tmp_path / "results").rglob("stdout"))
     assert stdout and "begun" in stdout[0].read_text()   # what was collected is kept
+
+
+def test_cancelling_a_deployment_run_releases_the_experiment(prefect_server, tmp_path):
+    """A deployment run's flow run is Prefect's own: its worker stops the process."""
+    from prefect.deployments import run_deployment
+
+    from nepi_prefect.flows.experiment import experiment_flow
+    from nepi_prefect.flows.launchers import ensure_deployment
+    from tests.fixtures.prefect_workers import create_pool, start_worker, stop_worker
+
+    tag = uuid.uuid4().hex[:8]
+    pool, marker = f"nepi-cancel-{tag}", f"nepi-cancel-app-{tag}"
+    create_pool(prefect_server.env, pool)
+    worker = start_worker(prefect_server.env, pool, "A", f"nepi-cancel-worker-{tag}",
+                          tmp_path / "worker.log")
+    try:
+        deployment = ensure_deployment(experiment_flow, pool)
+        desc = yaml.safe_load(_description(tmp_path, marker).read_text())
+        flow_run = run_deployment(deployment, parameters={"description": desc,
+                                                          "results_dir": str(tmp_path / "results")},
+                                  timeout=0)
+        with get_client(sync_client=True) as client:
+            wait_until(lambda: client.read_flow_run(flow_run.id).state.is_running()
+                       and _running_marker(marker), timeout=DEADLINE,
+                       message=lambda: (tmp_path / "worker.log").read_text()[-3000:])
+            client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+            ended = wait_until(lambda: (fr := client.read_flow_run(flow_run.id)).state.is_final()
+                               and fr, timeout=DEADLINE,
+                               message=lambda: (tmp_path / "worker.log").read_text()[-3000:])
+        assert ended.state.is_cancelled(), ended.state
+        wait_until(lambda: not _running_marker(marker), timeout=60,
+                   message="the app outlived the cancelled deployment run")
+    finally:
+        stop_worker(worker, f"nepi-cancel-worker-{tag}")
+        subprocess.run(["pkill", "-f", marker], capture_output=True)
