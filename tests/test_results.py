@@ -320,9 +320,10 @@ def test_the_manifest_reaches_the_prefect_record(prefect_server, tmp_path):
         ec.shutdown()
     with get_client(sync_client=True) as client:
         wait_for_record(client, recorder)
-        (artifact,) = wait_until(lambda: client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[recorder.flow_run_id]))), 120,
-            "the summary artifact on the server")
+        (artifact,) = wait_until(lambda: [a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                any_=[recorder.flow_run_id]))) if a.type == "table"], 120,
+            "the summary table artifact on the server")
     assert "**Environment**" in artifact.description
     assert f"kernel {platform.release()}" in artifact.description
     assert f"Prefect {metadata.version('prefect')}" in artifact.description
