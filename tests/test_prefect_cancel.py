@@ -6,6 +6,7 @@ remote processes are killed, what was collected is kept, and the run ends Cancel
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -118,3 +119,46 @@ def test_cancelling_a_deployment_run_releases_the_experiment(prefect_server, tmp
     finally:
         stop_worker(worker, f"nepi-cancel-worker-{tag}")
         subprocess.run(["pkill", "-f", marker], capture_output=True)
+
+
+SCRIPT = """
+import sys
+from nepi_prefect.execution.ec import ExperimentController
+
+ec = ExperimentController(exp_id="cancelme")
+node = ec.register_resource("LinuxNode", name="node")
+ec.set(node, "hostname", "localhost")
+app = ec.register_resource("LinuxApplication", name="sleeper")
+ec.set(app, "command", sys.argv[1])
+ec.register_connection(node, app)
+ec.deploy()
+ec.wait_finished([app])
+ec.shutdown()
+print("ENDED", ec.ecstate.name, ec.failure, flush=True)
+"""
+
+
+def test_cancelling_the_flow_run_aborts_a_plain_script(local_home, tmp_path):
+    marker = f"nepi-cancel-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "experiment.py"
+    script.write_text(SCRIPT)
+    run = subprocess.Popen([sys.executable, str(script), f"sh -c 'sleep 600; true' {marker}"],
+                           env=local_home.env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        flow_run = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and
+                              fr.state.is_running() and _running_marker(marker) and fr,
+                              timeout=DEADLINE, message="the script's app and its flow run")
+        with temporary_settings(updates={PREFECT_API_URL: local_home.api_url}):
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        output, _ = run.communicate(timeout=DEADLINE)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert "ENDED TERMINATED cancelled in Prefect" in output, output   # and not COMPLETED
+    assert not _running_marker(marker), "the app outlived the cancelled experiment"
+    ended = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and fr.state.is_final()
+                       and fr, timeout=DEADLINE, message="the flow run's final state")
+    assert ended.state.is_cancelled(), ended.state

@@ -22,7 +22,8 @@ CANCEL_STATES = ("CANCELLING", "CANCELLED")
 
 
 class CancelWatch:
-    """Watch one flow run; call ``on_cancel(message)`` once if it is cancelled.
+    """Watch one flow run; call ``on_cancel(message)`` once if it is cancelled (the
+    state's message, "" if it has none).
 
     :param flow_run: returns ``(api, flow_run_id)`` once the record has its flow run,
         ``(None, None)`` before
@@ -55,5 +56,5 @@ class CancelWatch:
                 continue
             if state in CANCEL_STATES and not self._stop.is_set():
                 self._stop.set()
-                self._on_cancel(message or "cancelled in Prefect")
+                self._on_cancel(message or "")
                 return

@@ -112,10 +112,10 @@ class PrefectRecorder(Recorder):
 
     def _cancel(self, ec: "ExperimentController", why: str) -> None:
         """The flow run was cancelled in Prefect: abort the experiment, end Cancelled."""
-        self._cancelled = why
-        log.warning("experiment %s: its flow run was cancelled in Prefect (%s); "
-                    "releasing every resource", ec.exp_id, why)
-        ec.abort(f"cancelled in Prefect: {why}")
+        self._cancelled = "cancelled in Prefect" + (f" ({why})" if why else "")
+        log.warning("experiment %s: its flow run was %s; releasing every resource",
+                    ec.exp_id, self._cancelled)
+        ec.abort(self._cancelled)
 
     def action_changed(self, run: ActionRun) -> None:
         # Called from dispatcher threads: snapshot (the engine mutates the run) and queue.
@@ -264,7 +264,7 @@ class PrefectRecorder(Recorder):
         if self._abandoned is not None:
             return self._abandoned
         if self._cancelled is not None:
-            return "CANCELLED", f"cancelled in Prefect: {self._cancelled}"
+            return "CANCELLED", self._cancelled
         state = summary.get("state")
         if state == "FAILED":
             why = "; ".join(failure_lines(summary)) or "unknown reason"
