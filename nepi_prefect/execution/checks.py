@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from nepi_prefect.execution.attribute import Flags
 from nepi_prefect.execution.errors import AttributeValueError, InvalidInputError
@@ -108,6 +108,19 @@ def _waited_step(guid: int, state: int) -> Step | None:
     return None
 
 
+def _waits(guid: int, name: str, conds: Iterable[Any]) -> Iterator[tuple[Step, str]]:
+    """The steps that step ``(guid, name)`` waits for under ``conds``, with the reason."""
+    for group, state, *_ in conds:
+        for other in group:
+            target = _waited_step(other, state)
+            if target is not None:
+                yield target, f"{name} of {guid} waits for {other} {ResourceState(state).name}"
+
+
+def _needs_its_start(guid: int) -> tuple[Step, str]:
+    return (guid, "START"), f"STOP of {guid} needs its START"
+
+
 def condition_edges(conditions: Mapping[int, Mapping[int, Iterable[Any]]]) -> dict[Step, list[tuple[Step, str]]]:
     """The wait graph: ``conditions[guid][action]`` is a list of ``(group, state, time)``.
 
@@ -120,14 +133,10 @@ def condition_edges(conditions: Mapping[int, Mapping[int, Iterable[Any]]]) -> di
             name = _ACTION_NAMES.get(action)
             if name is None:
                 continue
-            for group, state, *_ in conds:
-                for other in group:
-                    target = _waited_step(other, state)
-                    if target is not None:
-                        why = f"{name} of {guid} waits for {other} {ResourceState(state).name}"
-                        edges.setdefault((guid, name), []).append((target, why))
-    for guid, by_action in conditions.items():
-        edges.setdefault((guid, "STOP"), []).append(((guid, "START"), f"STOP of {guid} needs its START"))
+            for edge in _waits(guid, name, conds):
+                edges.setdefault((guid, name), []).append(edge)
+    for guid in conditions:
+        edges.setdefault((guid, "STOP"), []).append(_needs_its_start(guid))
     return edges
 
 
@@ -215,12 +224,7 @@ def refuse_new_cycle(resources: Any, rms: Iterable[Any], action: int, cond: Any)
     name = _ACTION_NAMES.get(action)
     if name is None:
         return
-    group, state, *_ = cond
-    gated = {(rm.guid, name) for rm in rms}
-    new_edges = {step: [(target, f"{name} of {step[0]} waits for {other} {ResourceState(state).name}")
-                        for other in group
-                        if (target := _waited_step(other, state)) is not None]
-                 for step in gated}
+    new_edges = {(rm.guid, name): list(_waits(rm.guid, name, [cond])) for rm in rms}
     for step, edges in new_edges.items():
         for target, why in edges:
             path = _path(resources, target, step, new_edges)
@@ -235,16 +239,10 @@ def refuse_new_cycle(resources: Any, rms: Iterable[Any], action: int, cond: Any)
 def _steps_waited_by(resources: Any, step: Step) -> list[tuple[Step, str]]:
     """The steps ``step`` waits for under the conditions registered so far."""
     guid, name = step
-    out = [((guid, "START"), f"STOP of {guid} needs its START")] if name == "STOP" else []
+    out = [_needs_its_start(guid)] if name == "STOP" else []
     for action, conds in resources.get(guid).conditions.items():
-        if _ACTION_NAMES.get(action) != name:
-            continue
-        for group, state, *_ in conds:
-            for other in group:
-                target = _waited_step(other, state)
-                if target is not None:
-                    out.append((target, f"{name} of {guid} waits for {other} "
-                                        f"{ResourceState(state).name}"))
+        if _ACTION_NAMES.get(action) == name:
+            out.extend(_waits(guid, name, conds))
     return out
 
 
