@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 300.0   # a saturated machine: generous, never a speed claim
 
 
+def _sleeper(marker: str) -> str:
+    """An app command that runs 600 s under a process whose command line holds ``marker``."""
+    return f"sh -c 'sleep 600; true' {marker}"
+
+
 def _description(tmp_path: Path, marker: str) -> Path:
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump({
@@ -34,7 +39,7 @@ def _description(tmp_path: Path, marker: str) -> Path:
         "resources": [
             {"name": "node", "rtype": "LinuxNode", "attributes": {"hostname": "localhost"}},
             {"name": "sleeper", "rtype": "LinuxApplication",
-             "attributes": {"command": f"echo begun; sh -c 'sleep 600; true' {marker}"},
+             "attributes": {"command": f"echo begun; {_sleeper(marker)}"},
              "collect": ["stdout"]}],
         "connections": [["node", "sleeper"]],
         "wait_for": ["sleeper"],
@@ -58,28 +63,38 @@ def _running_marker(marker: str) -> bool:
     return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
 
 
+def _cancel_when_running(run: subprocess.Popen, api_url: str, marker: str) -> str:
+    """Once ``run``'s app and flow run are up, cancel the flow run as the UI's Cancel does;
+    ``run``'s output once it has ended (it is killed if the test fails on the way)."""
+    try:
+        flow_run = wait_until(lambda: (fr := _flow_run(api_url)) and fr.state.is_running()
+                              and _running_marker(marker) and fr,
+                              timeout=DEADLINE, message="the run's app and its flow run")
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        return run.communicate(timeout=DEADLINE)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+
+def _final_flow_run(api_url: str):
+    return wait_until(lambda: (fr := _flow_run(api_url)) and fr.state.is_final() and fr,
+                      timeout=DEADLINE, message="the flow run's final state")
+
+
 def test_cancelling_the_flow_run_aborts_the_cli_run(local_home, tmp_path):
     marker = f"nepi-cancel-{uuid.uuid4().hex[:8]}"
     run = subprocess.Popen(nepi_cli() + ["run", str(_description(tmp_path, marker))],
                            env=local_home.env, cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    try:
-        flow_run = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and
-                              fr.state.is_running() and _running_marker(marker) and fr,
-                              timeout=DEADLINE, message="the run's app and its flow run")
-        with temporary_settings(updates={PREFECT_API_URL: local_home.api_url}):
-            with get_client(sync_client=True) as client:   # what the UI's Cancel does
-                client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
-        output, _ = run.communicate(timeout=DEADLINE)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+    output = _cancel_when_running(run, local_home.api_url, marker)
     assert run.returncode == 1, output
     assert "cancelled in Prefect" in output, output
     assert not _running_marker(marker), "the app outlived the cancelled experiment"
-    ended = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and fr.state.is_final()
-                       and fr, timeout=DEADLINE, message="the flow run's final state")
+    ended = _final_flow_run(local_home.api_url)
     assert ended.state.is_cancelled(), ended.state
     assert "cancelled in Prefect" in (ended.state.message or "")
     stdout = list((tmp_path / "results").rglob("stdout"))
@@ -142,23 +157,11 @@ def test_cancelling_the_flow_run_aborts_a_plain_script(local_home, tmp_path):
     marker = f"nepi-cancel-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "experiment.py"
     script.write_text(SCRIPT)
-    run = subprocess.Popen([sys.executable, str(script), f"sh -c 'sleep 600; true' {marker}"],
+    run = subprocess.Popen([sys.executable, str(script), _sleeper(marker)],
                            env=local_home.env, cwd=tmp_path, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
-    try:
-        flow_run = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and
-                              fr.state.is_running() and _running_marker(marker) and fr,
-                              timeout=DEADLINE, message="the script's app and its flow run")
-        with temporary_settings(updates={PREFECT_API_URL: local_home.api_url}):
-            with get_client(sync_client=True) as client:
-                client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
-        output, _ = run.communicate(timeout=DEADLINE)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+    output = _cancel_when_running(run, local_home.api_url, marker)
     assert "ENDED TERMINATED cancelled in Prefect" in output, output   # and not COMPLETED
     assert not _running_marker(marker), "the app outlived the cancelled experiment"
-    ended = wait_until(lambda: (fr := _flow_run(local_home.api_url)) and fr.state.is_final()
-                       and fr, timeout=DEADLINE, message="the flow run's final state")
+    ended = _final_flow_run(local_home.api_url)
     assert ended.state.is_cancelled(), ended.state
