@@ -251,13 +251,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from nepi_prefect.orchestration import local_server, server
     if not settings.prefect_api_url() and local_server.running() is None:
         err.print(f"starting the local Prefect server (log: {local_server.log_path()})")
-    url = server.use_api()
-    # Prefect is imported by now: its settings in this process must follow too, or its
-    # flows would run on a temporary ephemeral API that the record cannot reach.
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    with temporary_settings(updates={PREFECT_API_URL: url}):
-        return run_sweep(args, desc, grid, points, args.repeat or repeat,
-                         args.max_concurrency or conc, rule, out, err)
+    # Before Prefect is first imported (by run_sweep), or its flows would run on a
+    # temporary ephemeral API that the record cannot reach.
+    server.use_api()
+    return run_sweep(args, desc, grid, points, args.repeat or repeat,
+                     args.max_concurrency or conc, rule, out, err)
 
 
 def cmd_campaigns(args: argparse.Namespace) -> int:

@@ -73,8 +73,10 @@ def test_the_engine_loads_alone():
 
 
 def test_the_cli_starts_without_prefect():
-    """Prefect takes a second or more to import: only the commands that use it load it."""
-    _loads_without("import nepi_prefect.cli\nnepi_prefect.cli.build_parser()", ("prefect",))
+    """Prefect takes a second or more to import: only the commands that use it load it,
+    and ``sweep`` only after pointing Prefect at the record's API (``server.use_api``)."""
+    _loads_without("import nepi_prefect.cli\nnepi_prefect.cli.build_parser()\n"
+                   "import nepi_prefect.commands.sweep", ("prefect",))
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
