@@ -15,7 +15,8 @@ from nepi_prefect.results.campaign import campaign_frame
 from nepi_prefect.results.store import CampaignStore
 from nepi_prefect.spec.models import ExperimentDescription
 from tests.helpers import wait_until
-from tests.fixtures.prefect_workers import cmdline, create_pool, kill_marked, marked, start_worker, stop_worker
+from tests.fixtures.prefect_workers import (create_pool, flow_run_of, kill_marked, marked, start_worker,
+                                            stop_worker)
 
 LEASE = "15"
 
@@ -49,7 +50,11 @@ def test_two_workers_share_a_campaign_and_a_killed_one_loses_nothing(prefect_ser
         {"name": "node", "rtype": "LinuxNode", "attributes": {"hostname": "localhost"}},
         {"name": "app", "rtype": "LinuxApplication", "attributes": {"command": "true"}}],
         "connections": [["node", "app"]]})
-    grid = {"app.command": [f"sleep 2; echo {i}" for i in range(6)]}
+    # Every point waits for the release file: nothing ends before worker A is killed, so A is
+    # surely in the middle of its points when it dies.
+    release = tmp_path / "release"
+    grid = {"app.command": [f"while [ ! -e {release} ]; do sleep 0.2; done; echo {i}"
+                            for i in range(6)]}
     result: dict = {}
 
     def sweep() -> None:
@@ -57,18 +62,22 @@ def test_two_workers_share_a_campaign_and_a_killed_one_loses_nothing(prefect_ser
                                      results_dir=str(tmp_path), campaign=name, work_pool=pool,
                                      return_state=True)
 
+    def running_on(label: str) -> set[tuple[str, int]]:
+        """(point, rep) of the campaign's running runs whose flow run is a process of ``label``."""
+        flow_runs = {flow_run_of(pid) for pid in marked(markers[label])} - {None}
+        return {(r["point"], r["rep"]) for r in _rows(tmp_path, name)
+                if r["state"] == "running" and r["flow_run_id"] in flow_runs}
+
     thread = threading.Thread(target=sweep, name="pooled-sweep")
     try:
         thread.start()
-        # Kill worker A once it finished a point and runs another.
-        wait_until(lambda: any(r["worker"] == "A" and r["state"] == "done"
-                              for r in _rows(tmp_path, name)), 600, "a point done by worker A")
-        wait_until(lambda: any("prefect.engine" in cmdline(p) or "flow_run" in cmdline(p)
-                              for p in marked(markers["A"]) if p != workers["A"].pid),
-                  120, "worker A running a flow run")
+        # Both workers hold points at once (each at most 2), then A dies in the middle of its.
+        wait_until(lambda: running_on("A") and running_on("B"), 600, "points running on A and on B")
+        lost = running_on("A")
         os.killpg(workers["A"].pid, signal.SIGKILL)
         kill_marked(markers["A"])
         workers["A"].wait(timeout=30)
+        release.touch()
         thread.join(timeout=1200)
         assert not thread.is_alive(), "the sweep did not end"
         state = result["state"]
@@ -76,10 +85,13 @@ def test_two_workers_share_a_campaign_and_a_killed_one_loses_nothing(prefect_ser
         frame = campaign_frame(name, str(tmp_path))
         assert len(frame) == 6 and (frame["state"] == "done").all(), \
             frame[["state", "attempt", "worker", "error"]].to_string()
-        assert set(frame["worker"]) == {"A", "B"}
-        assert (frame["attempt"] >= 2).any()  # what A was running was dispatched again
+        assert set(frame["worker"]) == {"B"}   # A died before finishing anything
+        again = frame[[(p, r) in lost for p, r in zip(frame["point"], frame["rep"])]]
+        assert len(again) == len(lost) and (again["attempt"] >= 2).all(), \
+            frame[["state", "attempt", "worker", "error"]].to_string()
         assert frame["flow_run_id"].notna().all()
     finally:
+        release.touch()   # whatever happened, no point waits forever
         for label, proc in workers.items():
             stop_worker(proc, markers[label])
         thread.join(timeout=60)

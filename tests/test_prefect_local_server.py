@@ -8,8 +8,10 @@ command; ``nepi-prefect server stop`` stops that too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from nepi_prefect.orchestration import dbtemplate
 from tests.fixtures.prefect_api import nepi_cli
 from tests.test_prefect_process import SCRIPT
 
@@ -49,6 +52,12 @@ def _flow_runs(local, tag: str):
                     id=dict(any_=[run.id])), limit=200)) for run in runs]
         except httpx.TransportError:
             return []
+
+
+def _completed(run) -> bool:
+    """Completed on the server; a run read between the write of its row and the write of its
+    state has no state yet (the server's recorder writes them apart)."""
+    return run.state is not None and run.state.is_completed()
 
 
 def _until(condition, what: str, timeout: float = DEADLINE):
@@ -87,8 +96,8 @@ def test_eight_concurrent_first_runs_share_one_server(local_home):
 
     def complete():
         runs = _flow_runs(local_home, "ping")
-        done = [run for run, tasks in runs if run.state.is_completed() and len(tasks) >= 10
-                and all(task.state.is_completed() for task in tasks)]
+        done = [run for run, tasks in runs if _completed(run) and len(tasks) >= 10
+                and all(_completed(task) for task in tasks)]
         return len(done) == 8 and runs
     runs = _until(complete, "eight complete records")
     assert len({run.id for run, _ in runs}) == 8
@@ -121,7 +130,8 @@ def test_sigkilled_script_shows_up_crashed_and_the_ui_answers_live(local_home, t
 
         def crashed():
             runs = _flow_runs(local_home, "killed")
-            return runs and runs[0][0].state.is_crashed() and runs
+            final = runs and all(x.state is not None for x in [runs[0][0], *runs[0][1]])
+            return final and runs[0][0].state.is_crashed() and runs
         [(run, tasks)] = _until(crashed, "the killed run to end Crashed")
         assert "ended before the experiment did" in run.state.message
         names = {task.name.split("-")[0] for task in tasks}
@@ -173,5 +183,46 @@ def test_saturated_machine_still_records(local_home):
             proc.kill()
             proc.wait()
     assert _run(local_home, "server", "flush").returncode == 0
-    _until(lambda: any(run.state.is_completed() and len(tasks) >= 10
+    _until(lambda: any(_completed(run) and len(tasks) >= 10
                        for run, tasks in _flow_runs(local_home, "ping")), "the record")
+
+
+def test_a_fresh_home_starts_from_the_template_database(local_home, tmp_path):
+    """The first server makes the template (in the background, a child of the service);
+    a fresh home then starts from a copy of it and records as usual."""
+    local_home.env["NEPI_PREFECT_DB_TEMPLATE_DIR"] = str(tmp_path / "templates")
+    assert _run(local_home, "server", "start").returncode == 0
+    template = _until(lambda: next((tmp_path / "templates").glob("prefect-*-empty.db"), None),
+                      "the template database")
+    assert _run(local_home, "server", "stop").returncode == 0
+    _until(lambda: not local_home.processes(), "the service to go")
+    assert not list((tmp_path / "templates").glob("*.new*")), "scratch files left"
+    with contextlib.closing(sqlite3.connect(template)) as db:   # a mark only a copy can carry
+        db.execute("CREATE TABLE nepi_seed_mark (x)")
+        db.commit()
+    for path in local_home.home.glob("prefect.db*"):
+        path.unlink()
+    done = _run(local_home, "run", PING)
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    with contextlib.closing(sqlite3.connect(local_home.home / "prefect.db")) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'nepi_seed_mark'").fetchall()
+    _until(lambda: any(_completed(run) for run, _ in _flow_runs(local_home, "ping")),
+           "the record in the seeded database")
+
+
+def test_the_template_never_replaces_a_database(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEPI_PREFECT_DB_TEMPLATE_DIR", str(tmp_path))
+    template = dbtemplate.template_path()
+    template.write_bytes(b"template")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "prefect.db").write_bytes(b"mine")
+    assert not dbtemplate.seed(home, {})
+    assert (home / "prefect.db").read_bytes() == b"mine"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    custom = {"PREFECT_SERVER_DATABASE_CONNECTION_URL": "postgresql+asyncpg://db/prefect"}
+    assert not dbtemplate.seed(fresh, custom) and not (fresh / "prefect.db").exists()
+    assert dbtemplate.seed(fresh, {}) and (fresh / "prefect.db").read_bytes() == b"template"
+    monkeypatch.setenv("NEPI_PREFECT_DB_TEMPLATE_DIR", "0")
+    assert dbtemplate.template_path() is None
