@@ -16,6 +16,8 @@ os.environ.setdefault("PREFECT_HOME", os.path.join(_session_home, "prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("NEPI_PREFECT_RESULTS", os.path.join(_session_home, "results"))
 os.environ.setdefault("NEPI_PREFECT_RECORDER", "none")
+# the per-host notes of each run's processes (resources/linux/lostruns.py): the session's own
+os.environ.setdefault("NEPI_PREFECT_LOST_RUNS", os.path.join(_session_home, "host-runs"))
 
 pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.prefect_api", "tests.fixtures.netns",
                   "tests.fixtures.sudo_user"]

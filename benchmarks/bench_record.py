@@ -1,10 +1,12 @@
 """What the Prefect record costs, side by side with the engine alone.
 
-    python benchmarks/bench_record.py [--rms 1000] [--skip-concurrent]
+    python benchmarks/bench_record.py [--rms 1000] [--only ping|many|concurrent] [--skip-concurrent]
 
 1. ``nepi-prefect run examples/ping.yaml``, wall time: the engine alone
    (``--recorder none``), recording with the local server already up, and
-   recording from a fresh PREFECT_HOME (the server's start included).
+   recording from a fresh PREFECT_HOME (the server's start included), both
+   from the template database and as the first home of this Prefect version
+   on the machine (which makes the template).
 2. 1000 trivial RMs (deploy/start/stop/release): the process's exit time with
    and without recording, and how long after the exit the whole record is
    visible on the server.
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [str(Path(sys.executable).with_name("nepi-prefect"))]
@@ -77,7 +80,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, subprocess.Compl
     return time.perf_counter() - started, done
 
 
-def api(env: dict[str, str], path: str, body: dict) -> list:
+def api(env: dict[str, str], path: str, body: dict) -> Any:
     import httpx
 
     url = f"http://127.0.0.1:{env['NEPI_PREFECT_SERVER_PORT']}/api/{path}"
@@ -85,14 +88,12 @@ def api(env: dict[str, str], path: str, body: dict) -> list:
 
 
 def final_task_runs(env: dict[str, str], flow_run_id: str) -> int:
-    count, offset = 0, 0
-    while True:
-        page = api(env, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}},
-                                             "limit": 200, "offset": offset})
-        count += sum(1 for r in page if r["state_type"] in ("COMPLETED", "FAILED", "CANCELLED"))
-        if len(page) < 200:
-            return count
-        offset += 200
+    """How many of the flow run's task runs are in a final state (one cheap count
+    query: paging through 4000 task runs every quarter second would itself slow the
+    server it measures)."""
+    return api(env, "task_runs/count", {
+        "flow_runs": {"id": {"any_": [flow_run_id]}},
+        "task_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CANCELLED"]}}}})
 
 
 def servers(env: dict[str, str]) -> int:
@@ -111,7 +112,16 @@ def servers(env: dict[str, str]) -> int:
 def bench_ping() -> None:
     alone, done = timed(CLI + ["run", PING, "--recorder", "none"], fresh_env("none"))
     assert done.returncode == 0, done.stderr
+    templates = tempfile.mkdtemp(prefix="nepi-bench-templates-")
+    first = fresh_env()   # the first fresh home of this Prefect version: no template yet
+    first["NEPI_PREFECT_DB_TEMPLATE_DIR"] = templates
+    untemplated, done_first = timed(CLI + ["run", PING], first)
+    deadline = time.monotonic() + 300   # its service makes the template meanwhile
+    while not list(Path(templates).glob("prefect-*-empty.db")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    subprocess.run(CLI + ["server", "stop"], env=first, capture_output=True)
     env = fresh_env()
+    env["NEPI_PREFECT_DB_TEMPLATE_DIR"] = templates
     cold, done_cold = timed(CLI + ["run", PING], env)
     warm, done_warm = timed(CLI + ["run", PING], env)
     subprocess.run(CLI + ["server", "stop"], env=env, capture_output=True)
@@ -121,6 +131,8 @@ def bench_ping() -> None:
           f"target +1 s; exit {done_warm.returncode})")
     print(f"   recorded, fresh PREFECT_HOME        {cold:6.2f} s  (+{cold - alone:.2f} s; "
           f"target +8 s; exit {done_cold.returncode})")
+    print(f"   the same, first on this machine     {untemplated:6.2f} s  (+{untemplated - alone:.2f} s; "
+          f"no template database yet; exit {done_first.returncode})")
 
 
 def bench_many(n: int) -> None:
@@ -132,13 +144,17 @@ def bench_many(n: int) -> None:
     exited = time.perf_counter()
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout.strip().splitlines()[-1])
-    visible = None
+    visible, curve = None, []
     while time.perf_counter() - exited < 300:
-        if info["flow_run_id"] != "None" and \
-                final_task_runs(env, info["flow_run_id"]) >= info["expected"]:
+        final = final_task_runs(env, info["flow_run_id"]) if info["flow_run_id"] != "None" else 0
+        curve.append((time.perf_counter() - exited, final))
+        if final >= info["expected"]:
             visible = time.perf_counter() - exited
             break
         time.sleep(0.25)
+    if os.environ.get("BENCH_CURVE"):
+        print("   final task runs after the exit: " +
+              ", ".join(f"{t:.0f}s:{n}" for t, n in curve[::4]))
     subprocess.run(CLI + ["server", "stop"], env=env, capture_output=True)
     print(f"2. {n} trivial RMs, deploy/start/stop/release ({info['expected']} task runs)")
     print(f"   process exit, engine alone          {alone:6.2f} s")
@@ -179,12 +195,17 @@ def bench_concurrent() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rms", type=int, default=1000)
+    parser.add_argument("--only", choices=["ping", "many", "concurrent"], action="append",
+                        help="run only these parts (repeatable; default: all three)")
     parser.add_argument("--skip-concurrent", action="store_true")
     args = parser.parse_args()
+    parts = args.only or ["ping", "many"] + ([] if args.skip_concurrent else ["concurrent"])
     print(f"load average: {os.getloadavg()}")
-    bench_ping()
-    bench_many(args.rms)
-    if not args.skip_concurrent:
+    if "ping" in parts:
+        bench_ping()
+    if "many" in parts:
+        bench_many(args.rms)
+    if "concurrent" in parts:
         bench_concurrent()
 
 

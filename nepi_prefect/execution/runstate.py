@@ -2,9 +2,11 @@
 
 It holds what a later process needs to find what this run left on its hosts
 if the controller dies: the experiment and run ids, the controller's pid, the
-description kept beside it, and every RM's guid, rtype, state, connections
-and what the RM reports through its public ``run_state()`` hook (a node its
-host and home, an application its run directory). Writes are atomic and at
+description kept beside it, and every RM's guid, name, rtype, state (with its
+times and failure), connections, attributes (never a secret one) and what the
+RM reports through its public ``run_state()`` hook (a node its host and home,
+an application its run directory). ``cleanup RUN`` and ``attach RUN``
+(:mod:`.attach`) read it. Writes are atomic and at
 most one per ``interval`` seconds, made by a timer thread; the final one is
 made at shutdown.
 """
@@ -19,7 +21,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from nepi_prefect.execution.resource import ResourceManager
-from nepi_prefect.execution.states import ResourceState2str
+from nepi_prefect.execution.states import STATE_TIME_ATTR, ResourceState2str
 from nepi_prefect.util.files import atomic_file
 
 FILE = "run-state.json"
@@ -35,11 +37,20 @@ def run_state(exp_id: str, run_id: str, run_dir: str, ecstate: str,
         "exp_id": exp_id, "run_id": run_id, "pid": os.getpid(), "ecstate": ecstate,
         "updated": time.time(),
         "description": description if os.path.exists(description) else None,
-        "resources": [{"guid": rm.guid, "rtype": rm.get_rtype(),
-                       "state": ResourceState2str.get(rm.recorded_state, str(rm.recorded_state)),
-                       "connections": sorted(rm.connections), **rm.run_state()}
-                      for rm in sorted(rms, key=lambda r: r.guid)],
+        "resources": [resource_state(rm) for rm in sorted(rms, key=lambda r: r.guid)],
     }
+
+
+def resource_state(rm: ResourceManager) -> dict[str, Any]:
+    """One RM's entry: enough to register it again and take it up (``attach``)."""
+    stamps = {ResourceState2str[s]: t.isoformat() for s, a in STATE_TIME_ATTR.items()
+              if (t := getattr(rm, a, None)) is not None}
+    return {"guid": rm.guid, "name": rm.name, "rtype": rm.get_rtype(),
+            "state": ResourceState2str.get(rm.recorded_state, str(rm.recorded_state)),
+            "times": stamps, "failure": rm.failure, "connections": sorted(rm.connections),
+            "attributes": {k: v for k, v in rm.attribute_values().items()
+                           if not rm.get_attribute(k).is_secret},
+            **rm.run_state()}
 
 
 class RunStateFile:
@@ -61,6 +72,10 @@ class RunStateFile:
     def changed(self) -> None:
         """Something changed: a timer thread writes it soon (at most once per
         ``interval``), off the caller's path (RM actions call this on every state)."""
+        if self._timer is not None or self._closed:
+            # A write is already due. Checked without the lock: every dispatcher thread
+            # calls this, and queueing on the lock cost them more than the write itself.
+            return
         with self._lock:
             if self._closed or self._timer is not None:
                 return

@@ -92,6 +92,12 @@ class PrefectAPI:
         state = response.json().get("state") or {}
         return state.get("type"), state.get("message")
 
+    def flow_runs_tagged(self, tag: str, limit: int = 200) -> list[dict[str, Any]]:
+        """Flow runs carrying ``tag``, newest first (``reattach`` finds a run's by it)."""
+        return self._post("flow_runs/filter", {"flow_runs": {"tags": {"all_": [tag]}},
+                                               "sort": "EXPECTED_START_TIME_DESC",
+                                               "limit": min(limit, 200)})
+
     def post_events(self, events: list[dict[str, Any]]) -> None:
         self._post("events", events)
 

@@ -85,6 +85,18 @@ def failed_resources(summary: dict[str, Any]) -> str:
     return "; ".join(failed_lines(summary))
 
 
+def host_lines(summary: dict[str, Any]) -> list[str]:
+    """Per-host accounting (``summary["hosts"]``): how many did their part, then each
+    failed host with its reason (unreachable, auth, lost, command failed ...)."""
+    hosts = summary.get("hosts") or []
+    if not hosts:
+        return []
+    bad = [h for h in hosts if not h.get("ok")]
+    return [f"hosts: {len(hosts) - len(bad)} ok, {len(bad)} failed"] + [
+        f"host {h.get('host')} (guid {h.get('guid')}) failed: {h.get('reason')}: "
+        f"{h.get('detail')}" for h in bad]
+
+
 def closing_artifacts(summary: dict[str, Any],
                       redact: Callable[[str], str] | None = None) -> list[dict[str, Any]]:
     """The summary table and the markdown report, secrets masked."""
@@ -99,6 +111,8 @@ def summary_artifact(summary: dict[str, Any],
                    f"{summary.get('state')}. Results in {summary.get('run_dir')}")
     if summary.get("failure"):
         description += f"\n\nFailure: {failed_resources(summary) or summary['failure']}"
+    if host_lines(summary):
+        description += "\n\n" + "\n".join(f"- {line}" for line in host_lines(summary))
     if summary.get("manifest"):
         description += "\n\n" + manifest_markdown(summary["manifest"])
     if redact is not None:
@@ -126,6 +140,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     reasons = failure_lines(summary)
     if reasons:
         lines += ["## Failure", "", *(f"- {line}" for line in reasons), ""]
+    if host_lines(summary):
+        lines += ["## Hosts", "", *(f"- {line}" for line in host_lines(summary)), ""]
     if summary.get("lost"):
         lines += ["## Results lost", ""] + [f"- {item}" for item in summary["lost"]] + [""]
     lines += _timeline(resources)

@@ -13,12 +13,16 @@ A LinuxNode whose ``credentials`` attribute is ``"lab-key"`` loads them through
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.blocks.core import Block
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends these loaders to the transport)
+from nepi_prefect.orchestration import server
 
 #: shown by the Prefect UI on the blocks' cards and pages. NEPI's site documents the
 #: experiment model (EC, resource managers) these blocks serve.
@@ -87,10 +91,23 @@ def _reveal(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
+@contextlib.contextmanager
+def _the_api() -> Iterator[None]:
+    """Blocks are read from the API experiments record into (``$PREFECT_API_URL``, else
+    the local server): never from an ephemeral API Prefect would start, and leave
+    running, for one lookup."""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url()}):
+        yield
+
+
 def load_ssh_credentials(name: str) -> dict[str, Any]:
     """The saved :class:`SshCredentials` ``name`` as a dict: username,
     private_key (text or None), password (or None), known_hosts (text or None)."""
-    return SshCredentials.load(name, validate=True).as_dict()
+    with _the_api():
+        return SshCredentials.load(name, validate=True).as_dict()
 
 
 def inventory_node_attributes(inventory: str, node: str) -> dict[str, Any]:
@@ -98,7 +115,8 @@ def inventory_node_attributes(inventory: str, node: str) -> dict[str, Any]:
 
     Only what the inventory sets is returned (hostname, port, username, credentials).
     """
-    entry = NodeInventory.load(inventory, validate=True).node(node)
+    with _the_api():
+        entry = NodeInventory.load(inventory, validate=True).node(node)
     values = {"hostname": entry.hostname, "port": entry.port, "username": entry.username,
               "credentials": entry.credentials}
     return {k: v for k, v in values.items() if v is not None}

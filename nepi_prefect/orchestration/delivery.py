@@ -71,6 +71,9 @@ class Delivery:
         #: (events posted up to it, task run id, state timestamp) of each batch's last event
         self._checkpoints: collections.deque[tuple[int, uuid.UUID, str]] = collections.deque()
         self._posted = self._seen = 0
+        #: records (events and logs) the server accepted, and when the first post began
+        self.accepted = 0
+        self.shipping_since: float | None = None
         if contents is not None:
             self._restore(contents)
 
@@ -150,17 +153,23 @@ class Delivery:
 
     def ship(self, stop: threading.Event | None = None) -> None:
         """Post what is pending, oldest first, and mark it accepted. Raises on failure."""
+        with self.lock:
+            superseded = _superseded(self.events)
         while True:
             with self.lock:
                 events = self.events[:BATCH]
             if not events:
                 break
-            self._wait_for_room(len(events), stop)
+            posting = [event for n, event in events if n not in superseded]
+            if self.shipping_since is None:
+                self.shipping_since = time.monotonic()
+            self._wait_for_room(len(posting), stop)
             # nepi's own events carry related resources of their own (the RM, the run)
-            self.api.post_events([{**event, "related": self._related + event.get("related", [])}
-                                  for _, event in events])
-            self._posted += len(events)
-            last = next((e for _, e in reversed(events) if "prefect.state-timestamp"
+            if posting:
+                self.api.post_events([{**event, "related": self._related + event.get("related", [])}
+                                      for event in posting])
+            self._posted += len(posting)
+            last = next((e for e in reversed(posting) if "prefect.state-timestamp"
                          in e["resource"]), None)   # the batch's last task-run event
             if last is not None:
                 self._checkpoints.append((self._posted, _task_run_id(last),
@@ -177,6 +186,7 @@ class Delivery:
 
     def _accepted(self, upto: int, events: int = 0, logs: int = 0) -> None:
         with self.lock:
+            self.accepted += events + logs
             if events:
                 del self.events[:events]
                 self.acked_events = upto
@@ -224,6 +234,25 @@ class Delivery:
         if self.api is None or self.flow_run_id is None:
             return None
         return f"{server.ui_url(self.api.url)}/runs/flow-run/{self.flow_run_id}"
+
+
+def _superseded(events: list[tuple[int, dict[str, Any]]]) -> set[int]:
+    """The journal numbers of task-run events that a later pending event of the same
+    task run makes redundant. The server's cost is per event (see docs/prefect.md);
+    the last event carries the run's start and end times, so a run that already
+    ended before it was shipped goes out as one event (and its
+    Scheduled state, if it was delayed). Runs still going are shipped state by state,
+    so the UI stays live. The journal keeps them all."""
+    last: dict[str, int] = {}
+    superseded = set()
+    for n, event in events:
+        resource = event["resource"]["prefect.resource.id"]
+        if resource.startswith("prefect.task-run.") and \
+                event["event"] != "prefect.task-run.Scheduled":   # the delay stays visible
+            if resource in last:
+                superseded.add(last[resource])
+            last[resource] = n
+    return superseded
 
 
 def _task_run_id(event: dict[str, Any]) -> uuid.UUID:

@@ -115,6 +115,16 @@ class Journal:
             self._fh.close()
 
 
+def header(path: Path) -> dict[str, Any] | None:
+    """A journal's first record (its target), without reading the rest."""
+    try:
+        with open(path, "rb") as handle:
+            record = orjson.loads(handle.readline())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("k") == "open" else None
+
+
 def read(path: Path) -> Contents | None:
     """The contents of a journal file (a torn last line, from a kill, is skipped)."""
     contents: Contents | None = None

@@ -141,6 +141,9 @@ def healthy(api_url: str, timeout: float = 5.0) -> bool:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        # As the server binds (uvicorn sets SO_REUSEADDR): the closed connections of a
+        # server just stopped (TIME_WAIT) must not move its successor to another port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -26,6 +26,7 @@ from nepi_prefect import settings
 from nepi_prefect.execution.recording import ActionRun, Recorder, ResourceChange
 from nepi_prefect.orchestration import local_server
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
+from nepi_prefect.orchestration import reattach
 from nepi_prefect.orchestration.artifacts import closing_artifacts, failure_lines
 from nepi_prefect.orchestration.cancel import CancelWatch
 from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
@@ -103,7 +104,21 @@ class PrefectRecorder(Recorder):
                 f"cannot write the Prefect record's journal in {settings.journal_dir()}: {exc}; "
                 f"set {settings.JOURNAL_ENV} to a writable directory, or "
                 f"{settings.RECORDER_ENV}=none to run without a record") from None
-        self._pipeline = pipeline = Pipeline(Delivery(journal, target), target.tags)
+        self._start(ec, Delivery(journal, target), target)
+
+    def reopen(self, ec: "ExperimentController") -> None:
+        """``ec`` took over a run whose controller died (attach): continue that run's
+        record (its orphaned journal, or its flow run on the server), else open one."""
+        self._redact = ec.redact
+        self._ids = (ec.exp_id, ec.run_id)
+        delivery = reattach.continued(ec.exp_id, ec.run_id, self._target(ec))
+        if delivery is None:
+            self.open(ec)
+        else:
+            self._start(ec, delivery, delivery.target)
+
+    def _start(self, ec: "ExperimentController", delivery: Delivery, target: Target) -> None:
+        self._pipeline = pipeline = Pipeline(delivery, target.tags)
         pipeline.start()
         if target.attach != "current":   # Prefect's engine owns (and cancels) a current run
             self._watch = CancelWatch(lambda: (pipeline.delivery.api, pipeline.outcome.flow_run_id),
@@ -288,21 +303,23 @@ class PrefectRecorder(Recorder):
 class _Backlog:
     """How fast the server takes what is left of a closed record."""
 
-    JUDGE_AFTER = 0.5   # seconds of shipping before judging the rate
+    JUDGE_AFTER = 0.5   # seconds of shipping before the rate means anything
 
     def __init__(self, pipeline: Pipeline):
-        self.pipeline = pipeline
-        self.began = time.monotonic()
-        self.pending = pipeline.delivery.pending
+        self.delivery = pipeline.delivery
 
     def hopeless(self, remaining: float) -> bool:
-        """At the rate seen so far, what is pending will not be accepted in ``remaining`` s."""
-        elapsed = time.monotonic() - self.began
-        pending = self.pipeline.delivery.pending
-        # a batch or two in flight says nothing about the rate: only a long backlog is judged
-        if elapsed < self.JUDGE_AFTER or pending <= 2 * BATCH or self.pipeline.delivery.api is None:
+        """At the rate the server has taken this record so far, what is pending will not
+        be accepted in ``remaining`` s."""
+        delivery = self.delivery
+        pending = delivery.pending
+        # a batch or two says nothing about the rate: only a long backlog is judged
+        if pending <= 2 * BATCH or delivery.api is None or delivery.shipping_since is None:
             return False
-        rate = (self.pending - pending) / elapsed
+        elapsed = time.monotonic() - delivery.shipping_since
+        if elapsed < self.JUDGE_AFTER:
+            return False
+        rate = delivery.accepted / elapsed
         return rate <= 0 or pending / rate > remaining
 
 

@@ -65,6 +65,10 @@ def flush(only_for: str | None = None) -> Report:
     """Ship every orphaned journal (only those whose API is ``only_for``, if given)."""
     report = Report()
     for path in journals.pending():
+        opening = journals.header(path)
+        if only_for is not None and opening is not None and \
+                _api_of(Target.from_header(opening)) != only_for:
+            continue   # another API's: not even read (a journal may hold megabytes)
         adopted = journals.Journal.adopt(path)
         if adopted is None:
             report.busy += path.exists()

@@ -5,24 +5,29 @@ server as its child (same session, same log) and, every few seconds, ships the
 journals that experiments left behind for it (a process that exited before the
 server took its whole record, or was killed). So a record reaches the server
 soon after its process ended, even if no other nepi-prefect process runs.
-SIGTERM (``nepi-prefect server stop`` signals the whole session) stops both.
+A fresh PREFECT_HOME starts from the template database, and the first server
+without one makes it (:mod:`.dbtemplate`).
+SIGTERM (``nepi-prefect server stop`` signals the whole session) stops them all.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
-from nepi_prefect.orchestration import local_server, replay
+from nepi_prefect.orchestration import dbtemplate, local_server, replay
+from nepi_prefect.orchestration import journal as journals
 
 log = logging.getLogger("nepi_prefect.orchestration")
 
-SHIP_EVERY = 2.0   # seconds between looks at the journal
+#: seconds between looks at the journal: a run that exits before the server took its
+#: whole record leaves the rest there, and the sooner it goes on, the sooner it is seen
+LOOK_EVERY = 0.5
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +38,28 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    home, cli = local_server.home(), dbtemplate.prefect_cli()
+    dbtemplate.seed(home, dict(os.environ))
     server = subprocess.Popen(
-        [*_prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(args.port)],
+        [*cli, "server", "start", "--host", "127.0.0.1", "--port", str(args.port)],
         stdin=subprocess.DEVNULL)
     api_url = f"http://127.0.0.1:{args.port}/api"
-    while not stop.wait(SHIP_EVERY) and server.poll() is None:
-        if local_server.healthy(api_url):
-            try:
-                replay.flush(only_for=api_url)
-            except Exception:
-                log.warning("shipping journals failed", exc_info=True)
+    maker, made = None, False
+    while not stop.wait(LOOK_EVERY) and server.poll() is None:
+        if maker is not None and maker.poll():
+            maker = None
+        if made and not journals.pending():
+            continue   # nothing to ship: not even a request to the server
+        if not local_server.healthy(api_url):
+            continue
+        if not made:   # after the server is up, so it never slows the first start
+            maker, made = dbtemplate.start_making(cli, dict(os.environ)), True
+        try:
+            replay.flush(only_for=api_url)
+        except Exception:
+            log.warning("shipping journals failed", exc_info=True)
+    if maker is not None:
+        maker.stop()
     if server.poll() is None:
         server.terminate()
         try:
@@ -50,11 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     return 0
-
-
-def _prefect_cli() -> list[str]:
-    exe = Path(sys.executable).with_name("prefect")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
 
 
 if __name__ == "__main__":
