@@ -9,12 +9,13 @@ direct script after warm-up.
 Run: ``python benchmarks/bench_ns3.py [runs]`` (default 4).
 The direct scripts run in their own process with ns-3 imported once, like the
 simulator process nepi-prefect uses; the figure excludes that import for both.
+The two run interleaved (direct echo, nepi echo, direct dumbbell, nepi dumbbell, ...)
+so that both see the same load of a shared machine.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -100,18 +101,36 @@ def monitor_and_run(ns, stop: float, routed: bool = False) -> None:
     ns.Simulator.Destroy()
 
 
-def direct_main(runs: int) -> None:
+def direct_main() -> None:
+    """Serve the direct scripts: a scenario name per stdin line, its wall seconds back."""
     started = time.monotonic()
     from ns import ns
-    imported = time.monotonic() - started
-    times: dict[str, list[float]] = {"echo": [], "dumbbell": []}
+    print(json.dumps({"import_s": time.monotonic() - started}), flush=True)
+    scripts = {"echo": direct_echo, "dumbbell": direct_dumbbell}
     with tempfile.TemporaryDirectory() as out:
-        for _ in range(runs):
-            for name, script in (("echo", direct_echo), ("dumbbell", direct_dumbbell)):
-                t = time.monotonic()
-                script(ns, out)
-                times[name].append(time.monotonic() - t)
-    print(json.dumps({"import_s": imported, "times": times}))
+        for line in sys.stdin:
+            t = time.monotonic()
+            scripts[line.strip()](ns, out)
+            print(json.dumps(time.monotonic() - t), flush=True)
+
+
+class Direct:
+    """The direct scripts' process, asked to run one scenario at a time (interleaved with
+    nepi-prefect's runs, so that both see the same load of a shared machine)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--direct"], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.import_s = json.loads(self.proc.stdout.readline())["import_s"]
+
+    def time(self, name: str) -> float:
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
 
 
 # -- the same through nepi-prefect ---------------------------------------------------------------
@@ -145,32 +164,60 @@ def dumbbell_ec(ec) -> None:
             Local=f"0.0.0.0:{9001 + i}")
 
 
-def nepi_main(runs: int) -> dict:
+def nepi_main(runs: int, direct: Direct) -> dict:
     from nepi_prefect.execution.ec import ExperimentController
     from nepi_prefect.execution.recording import Recorder
     from nepi_prefect.resources.ns3 import client
     from nepi_prefect.spec.io import load_experiment
     from nepi_prefect.spec.run import run_experiment
 
+    requests = _time_requests(client)
     started = time.monotonic()
     proc = client.acquire()
     hello = proc.wait_ready()
     warm = time.monotonic() - started
     client.give_back(proc)
     times: dict[str, list[float]] = {"echo": [], "dumbbell": []}
+    floor: dict[str, list[float]] = {"echo": [], "dumbbell": []}
+    parts: dict[str, list[float]] = {"build": [], "run": [], "built": [], "simulate": []}
     with tempfile.TemporaryDirectory() as out:
         for _ in range(runs):
+            floor["echo"].append(direct.time("echo"))
+            requests.clear()
             t = time.monotonic()
             ec = load_experiment(ROOT / "examples" / "ns3_udp_echo.yaml", local_dir=out,
                                  recorder=Recorder())
             assert run_experiment(ec, timeout=600)["state"] == "COMPLETED"
             times["echo"].append(time.monotonic() - t)
+            for op, wall, result in requests:
+                parts[op].append(wall)
+                if op == "run":
+                    parts["simulate"].append(sum(result["phases"].values()))
+                if op == "build":
+                    parts["built"].append(result["wall_s"])
+            floor["dumbbell"].append(direct.time("dumbbell"))
             t = time.monotonic()
             ec = ExperimentController(exp_id="bench-dumbbell", local_dir=out, recorder=Recorder())
             dumbbell_ec(ec)
             assert run_experiment(ec, timeout=600)["state"] == "COMPLETED"
             times["dumbbell"].append(time.monotonic() - t)
-    return {"import_s": hello["import_s"], "warm_s": warm, "times": times}
+    return {"import_s": hello["import_s"], "warm_s": warm, "times": times, "parts": parts,
+            "direct": {"import_s": direct.import_s, "times": floor}}
+
+
+def _time_requests(client) -> list:
+    """Record (op, wall seconds, result) of each request to the simulator process."""
+    seen: list = []
+    request = client.SimulatorProcess.request
+
+    def timed(self, op, timeout=None, **fields):
+        started = time.monotonic()
+        result = request(self, op, timeout, **fields)
+        seen.append((op, time.monotonic() - started, result))
+        return result
+
+    client.SimulatorProcess.request = timed
+    return seen
 
 
 def steady(values: list[float]) -> float:
@@ -180,13 +227,15 @@ def steady(values: list[float]) -> float:
 
 def main() -> None:
     if "--direct" in sys.argv:
-        direct_main(int(sys.argv[-1]))
+        direct_main()
         return
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 4
-    child = subprocess.run([sys.executable, __file__, "--direct", str(runs)], check=True,
-                           capture_output=True, text=True, env=dict(os.environ))
-    direct = json.loads(child.stdout.strip().splitlines()[-1])
-    nepi = nepi_main(runs)
+    child = Direct()
+    try:
+        nepi = nepi_main(runs, child)
+    finally:
+        child.close()
+    direct = nepi["direct"]
     print(f"ns-3 import (from ns import ns): direct {direct['import_s']:.1f} s, "
           f"simulator process {nepi['import_s']:.1f} s (warm-up, paid once per process: "
           f"{nepi['warm_s']:.1f} s wall)")
@@ -195,6 +244,13 @@ def main() -> None:
                         ("dumbbell", f"dumbbell {2 * PAIRS + 2} nodes, 10 s sim")):
         d, n = steady(direct["times"][name]), steady(nepi["times"][name])
         print(f"{label:<28}{d:>10.3f}{n:>10.3f}{n / d:>8.2f}x")
+    parts = {k: steady(v) for k, v in nepi["parts"].items()}
+    echo = steady(nepi["times"]["echo"])
+    print(f"UDP echo through nepi-prefect, where the time goes: build request "
+          f"{parts['build'] * 1e3:.1f} ms (in the simulator process {parts['built'] * 1e3:.1f} "
+          f"ms), run request {parts['run'] * 1e3:.1f} ms (in the simulator process "
+          f"{parts['simulate'] * 1e3:.1f} ms), the rest (description, engine "
+          f"deploy/start/release, summary) {(echo - parts['build'] - parts['run']) * 1e3:.1f} ms")
     print("first runs (with JIT): direct " + ", ".join(
         f"{k} {v[0]:.2f}s" for k, v in direct["times"].items()) + "; nepi " + ", ".join(
         f"{k} {v[0]:.2f}s" for k, v in nepi["times"].items()))

@@ -11,7 +11,8 @@ import pytest
 from nepi_prefect.execution.errors import (
     AttributeValueError, UnknownAttributeError, UnknownResourceTypeError)
 from nepi_prefect.execution.recording import Recorder
-from nepi_prefect.execution.resource import ResourceFactory
+from nepi_prefect.execution.resource import ResourceAction, ResourceFactory, ResourceState
+from nepi_prefect.resources.ns3.simulation import start_times
 from nepi_prefect.spec.io import description_from_data
 from nepi_prefect.spec.validate import DescriptionError
 from tests.fixtures.ns3 import ns3_registry  # noqa: F401  (session fixture)
@@ -99,3 +100,23 @@ def test_device_without_channel_and_simulation_without_stop_time_fail_at_deploy(
             assert expected in failure, failure
         finally:
             ec.shutdown()
+
+
+def test_conditions_between_apps_become_simulated_start_and_stop_times(ec):
+    onoff = add_rm(ec, "ns3::OnOffApplication", StartTime="2s", StopTime="9s")
+    sink = add_rm(ec, "ns3::PacketSink")
+    echo = add_rm(ec, "ns3::UdpEchoClient", StopTime="4s")
+    # sink stops 1.5 s after onoff started; onoff stops 2 s after the sink stopped;
+    # echo starts when the sink stops, and its own StopTime comes before a late condition.
+    ec.register_condition(sink, ResourceAction.STOP, onoff, ResourceState.STARTED, "1.5s")
+    ec.register_condition(onoff, ResourceAction.STOP, sink, ResourceState.STOPPED, "2s")
+    ec.register_condition(echo, ResourceAction.START, sink, ResourceState.STOPPED)
+    ec.register_condition(echo, ResourceAction.STOP, onoff, ResourceState.STOPPED, "1s")
+    times = start_times([ec.get_resource(g) for g in (onoff, sink, echo)], 10.0)
+    assert times == {onoff: (2.0, 5.5), sink: (0.0, 3.5), echo: (3.5, 4.0)}
+
+
+def test_a_stop_condition_never_stops_an_app_before_it_starts(ec):
+    first, second = add_rm(ec, "ns3::PacketSink", StartTime="5s"), add_rm(ec, "ns3::PacketSink")
+    ec.register_condition(first, ResourceAction.STOP, second, ResourceState.STARTED, "1s")
+    assert start_times([ec.get_resource(first), ec.get_resource(second)], 10.0)[first] == (5.0, 5.0)

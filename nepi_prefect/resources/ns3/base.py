@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.errors import InvalidInputError
-from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
+from nepi_prefect.execution.resource import (
+    ResourceAction, ResourceManager, ResourceState, clsinit_copy)
 from nepi_prefect.execution.trace import Trace, TraceAttr
 
 if TYPE_CHECKING:
@@ -272,7 +273,21 @@ class Ns3Application(Ns3Resource):
         self.debug("armed; STARTED comes at its start time in simulated time")
 
     def do_stop(self) -> None:
-        self.warning("an ns-3 application stops at its StopTime (simulated); stop ignored")
+        # STOP conditions on other ns-3 applications became this app's simulated stop
+        # time (Ns3Simulation.do_start); the engine's wall-clock stop changes nothing.
+        if self.conditions_in_simulation(ResourceAction.STOP):
+            self.debug("stops at the simulated time its STOP conditions give")
+        else:
+            self.warning("an ns-3 application stops at its StopTime or at STOP conditions "
+                         "on other ns-3 applications (simulated time); stop ignored")
+
+    def conditions_in_simulation(self, action: ResourceAction) -> bool:
+        """Whether this app's ``action`` conditions are all on ns-3 applications
+        (simulated times; see simulation.start_times)."""
+        conditions = self.conditions.get(action, [])
+        return bool(conditions) and all(
+            isinstance(self.ec.get_resource(g), Ns3Application)
+            for group, _state, _delay in conditions for g in group)
 
     def on_event(self, state: str, sim_time: float) -> None:
         self.sim_times[state] = sim_time

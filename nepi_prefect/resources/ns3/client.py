@@ -16,18 +16,23 @@ import itertools
 import json
 import os
 import re
-import subprocess
+import shlex
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from nepi_prefect import settings
+from nepi_prefect.resources.ns3 import worker
+from nepi_prefect.transport.stream import CommandStream, LocalStream
 
 #: seconds the first ``from ns import ns`` may take (cppyy compiles the bindings:
 #: 8 s on an idle 2-core machine, 4-5 minutes on the same machine shared by 8 jobs)
 IMPORT_TIMEOUT = 900.0
 
 EventHandler = Callable[[dict], None]
+#: the simulator process's program (run as a file: a remote host needs only it and ns3)
+WORKER_SCRIPT = os.path.abspath(worker.__file__)
 
 
 class SimulatorError(RuntimeError):
@@ -35,14 +40,13 @@ class SimulatorError(RuntimeError):
 
 
 class SimulatorProcess:
-    """One ns-3 worker process and its JSON-lines pipe."""
+    """One ns-3 worker process and its JSON-lines pipe: here (default) or on a host,
+    through a transport's stream (see :func:`worker_command`)."""
 
-    def __init__(self) -> None:
-        self._proc = subprocess.Popen(
-            [settings.ns3_python(), "-m", "nepi_prefect.resources.ns3.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, bufsize=1, start_new_session=True)
-        self.pid = self._proc.pid
+    def __init__(self, stream: CommandStream | None = None, where: str = "local") -> None:
+        self._stream = stream or _spawn_local()
+        self.pid = self._stream.pid
+        self.where = where
         self._ids = itertools.count(1)
         self._answers: dict[int, dict] = {}
         self._cond = threading.Condition()
@@ -55,7 +59,7 @@ class SimulatorProcess:
 
     # -- reading ------------------------------------------------------------------------
     def _read_stdout(self) -> None:
-        for line in self._proc.stdout:
+        for line in self._stream.stdout:
             try:
                 msg = json.loads(line)
             except ValueError:
@@ -75,13 +79,13 @@ class SimulatorProcess:
             self._cond.notify_all()  # the process ended: wake every waiter
 
     def _read_stderr(self) -> None:
-        for line in self._proc.stderr:
+        for line in self._stream.stderr:
             if "Failed to materialize symbols" not in line:  # harmless cppyy noise
                 self._stderr.append(line.rstrip())
 
     @property
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        return self._stream.poll() is None
 
     def last_output(self, lines: int = 8) -> str:
         """The simulator's last words: ns-3's abort message first, when there is one."""
@@ -91,8 +95,9 @@ class SimulatorProcess:
         return "; ".join(fatal) if fatal else " | ".join(tail)
 
     def _dead(self, what: str) -> SimulatorError:
-        code = self._proc.poll()
-        return SimulatorError(f"the ns-3 simulator process (pid {self.pid}) exited with code "
+        code = self._stream.poll()
+        where = "" if self.where == "local" else f" on {self.where}"
+        return SimulatorError(f"the ns-3 simulator process (pid {self.pid}{where}) exited with code "
                               f"{code} during {what}: {self.last_output() or 'no output'}")
 
     # -- requests -----------------------------------------------------------------------------
@@ -116,8 +121,8 @@ class SimulatorProcess:
         rid = next(self._ids)
         try:
             with self._send_lock:
-                self._proc.stdin.write(json.dumps({"id": rid, "op": op, **fields}) + "\n")
-                self._proc.stdin.flush()
+                self._stream.stdin.write(json.dumps({"id": rid, "op": op, **fields}) + "\n")
+                self._stream.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._dead(op) from None
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -139,24 +144,33 @@ class SimulatorProcess:
         return answer.get("result")
 
     def close(self, timeout: float = 5.0) -> None:
-        """Ask the worker to quit; kill it if it does not."""
+        """Ask the worker to quit (end-of-file on its stdin); kill it if it does not."""
         if self.alive:
-            try:
-                self._proc.stdin.close()  # EOF: the worker's loop ends
-            except OSError:
-                pass
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            self._stream.close_stdin()
+            if self._stream.wait(timeout) is None:
                 self.kill()
 
     def kill(self) -> None:
-        if self.alive:
-            try:
-                os.killpg(self.pid, 9)
-            except ProcessLookupError:
-                pass
-            self._proc.wait(10)
+        """Kill the worker's process group (here or on its host)."""
+        self._stream.kill()
+
+
+def worker_command(python: str, script: str | None = None, die_with_parent: bool = False) -> str:
+    """The shell command that runs the worker: ``script`` (default: this package's
+    worker.py; it imports nothing of the project) with ``python``, which has ns3."""
+    command = f"exec {shlex.quote(python)} -u {shlex.quote(script or WORKER_SCRIPT)}"
+    return command + (" --die-with-parent" if die_with_parent else "")
+
+
+#: the one thread that starts local simulator processes. The worker dies with its parent
+#: (--die-with-parent: PR_SET_PDEATHSIG), and Linux means the parent *thread*: it must be
+#: one that lives as long as the controller process, not a dispatcher or release thread.
+_LAUNCHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ns3-launcher")
+
+
+def _spawn_local() -> LocalStream:
+    command = worker_command(settings.ns3_python(), die_with_parent=True)
+    return _LAUNCHER.submit(LocalStream, command).result()
 
 
 # -- the spare ------------------------------------------------------------------------------

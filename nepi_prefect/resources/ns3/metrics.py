@@ -6,6 +6,8 @@ import re
 import statistics
 from typing import Any
 
+from nepi_prefect.resources.ns3.base import Ns3NetDevice
+
 
 def flow_metrics(flows: list[dict]) -> dict[str, float]:
     """Per flow (``flowN_...``, N being FlowMonitor's flow id) and overall: throughput
@@ -43,13 +45,27 @@ def app_metrics(app: Any, result: dict, stdout: str) -> dict[str, float]:
     ref = str(app.guid)
     if ref in result.get("sinks", {}):
         rx = result["sinks"][ref]
-        start = app.sim_times.get("started", 0.0)
-        end = app.sim_times.get("stopped", result.get("sim_time", 0.0))
+        start, end = _receiving(app, result)
         metrics["rx_bytes"] = rx
         metrics["goodput_mbps"] = rx * 8 / (end - start) / 1e6 if end > start else 0.0
     if app._ns3_tid == "ns3::Ping" and app.get("Destination"):
         metrics.update(ping_metrics(stdout, str(app.get("Destination")).split(":")[0]))
     return metrics
+
+
+def _receiving(sink: Any, result: dict) -> tuple[float, float]:
+    """When ``sink`` received: from the first packet sent to the last received of the
+    FlowMonitor flows to its node and port; without them, the sink's whole life (which
+    under-reports a flow shorter than the simulation)."""
+    port = str(sink.get("Local") or "").rpartition(":")[2]
+    node = sink.one_connected("ns3::Node", required=False)
+    ips = {d.get("ip") for d in node.get_connected(Ns3NetDevice)} if node else set()
+    flows = [f for f in result.get("flows", []) if f["rx_packets"] and f["dst"] in ips
+             and str(f["dport"]) == port]
+    if flows:
+        return min(f["first_tx_s"] for f in flows), max(f["last_rx_s"] for f in flows)
+    return (sink.sim_times.get("started", 0.0),
+            sink.sim_times.get("stopped", result.get("sim_time", 0.0)))
 
 
 def ping_metrics(stdout: str, destination: str) -> dict[str, float]:

@@ -26,6 +26,7 @@ from nepi_prefect.resources.ns3.base import (
     Ns3Queue, Ns3Resource, Ns3Stack)
 from nepi_prefect.resources.ns3.metrics import app_metrics, flow_metrics
 from nepi_prefect.resources.ns3.registry import Ns3Attribute
+from nepi_prefect.resources.ns3.remote import HOST_RTYPE, RemoteRun
 from nepi_prefect.util.timefuncs import parse_delay
 
 _UNITS = {"y": 365 * 86400.0, "d": 86400.0, "h": 3600.0, "min": 60.0, "s": 1.0, "ms": 1e-3,
@@ -61,7 +62,8 @@ class Ns3Simulation(ResourceManager):
     def _register_attributes(cls) -> None:
         D = Flags.Design
         cls._register_attribute(Ns3Attribute(
-            "stopTime", "Simulated time at which the simulation ends (required), e.g. \"10s\"",
+            "stopTime", "Simulated time at which the simulation ends (required), e.g. "
+            "\"10s\" (earlier if its events run out)",
             flags=D, value_type="ns3::TimeValue"))
         cls._register_attribute(Attribute(
             "realtime", "Use ns-3's RealtimeSimulatorImpl: simulated time follows wall time",
@@ -72,6 +74,10 @@ class Ns3Simulation(ResourceManager):
         cls._register_attribute(Attribute(
             "timeout", "Wall-clock seconds the run may take before the simulator is stopped",
             type=Types.Double, default=600.0, range=(0.1, None), flags=D))
+        cls._register_attribute(Attribute(
+            "python", f"The interpreter with the ns3 wheel on the connected {HOST_RTYPE}, "
+            f"where the simulator process then runs (here: $NEPI_PREFECT_NS3_PYTHON)",
+            default="python3", flags=D))
         cls._register_attribute(Attribute(
             "seed", "ns-3 RngSeedManager seed", type=Types.Integer, default=1,
             range=(1, None), flags=D))
@@ -86,6 +92,7 @@ class Ns3Simulation(ResourceManager):
     def __init__(self, ec, guid):
         super().__init__(ec, guid)
         self._proc: client.SimulatorProcess | None = None
+        self._remote: RemoteRun | None = None
         self._members: list[Ns3Resource] = []
         self.result: dict[str, Any] = {}
 
@@ -112,24 +119,48 @@ class Ns3Simulation(ResourceManager):
         if not stop:
             raise InvalidInputError(f"{self._rtype} {self.guid}: set 'stopTime' (simulated "
                                     f"time at which the simulation ends, e.g. \"10s\")")
+        host = self.host()
+        if host is not None and not host.when_ready(self.deploy):
+            return  # deploy() comes again when the node is READY (or FAILED)
         self._members = self.members()
         for rm in self._members:
             rm.check()
         specs = [rm.spec() for role in _ORDER for rm in self._members if isinstance(rm, role)]
         specs += [rm.spec() for rm in self._members
                   if not isinstance(rm, _ORDER + (Ns3Stack,))]
-        os.makedirs(os.path.dirname(self.trace_path("stdout")), exist_ok=True)
-        self._proc = client.acquire()
+        output = self.trace_path("stdout")
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        if host is not None:
+            self._proc = self._start_on(host)
+            specs, output = self._remote.localize(specs), self._remote.remote(output)
+        else:
+            self._proc = client.acquire()
         self._proc.on_event = self._on_event
         hello = self._proc.wait_ready()
-        self.info(f"ns-3 {hello.get('version')} ready in simulator process {hello.get('pid')}")
-        self._proc.request("build", timeout=BUILD_TIMEOUT, objects=specs,
-                           output=self.trace_path("stdout"), realtime=self.get("realtime"),
-                           seed=self.get("seed"), run=self.get("run"))
+        self.info(f"ns-3 {hello.get('version')} ready in simulator process {hello.get('pid')}"
+                  f"{'' if host is None else ' on ' + self._proc.where}")
+        self._proc.request("build", timeout=BUILD_TIMEOUT, objects=specs, output=output,
+                           realtime=self.get("realtime"), seed=self.get("seed"),
+                           run=self.get("run"))
         for rm in self._members:
             if rm.state < ResourceState.READY:
                 rm.set_ready()
         super().do_deploy()
+
+    def host(self):
+        """The LinuxNode the simulator process runs on, or None (here)."""
+        hosts = self.get_connected(HOST_RTYPE)
+        if len(hosts) > 1:
+            raise InvalidInputError(f"{self._rtype} {self.guid} is connected to {len(hosts)} "
+                                    f"{HOST_RTYPE} resources; the simulator runs on one")
+        return hosts[0] if hosts else None
+
+    def _start_on(self, host) -> client.SimulatorProcess:
+        if host.state == ResourceState.FAILED:
+            raise InvalidInputError(f"{self._rtype} {self.guid}: its {HOST_RTYPE} {host.guid} "
+                                    f"FAILED: {host.failure or 'see its log'}")
+        self._remote = RemoteRun(host, os.path.dirname(self.trace_path("stdout")), self.guid)
+        return self._remote.start(self.get("python"))
 
     # -- start: run -------------------------------------------------------------------------------
     def do_start(self) -> None:
@@ -161,6 +192,8 @@ class Ns3Simulation(ResourceManager):
                     rm.set_failed()
             self.set_failed()
             return
+        if self._remote is not None:
+            self._remote.fetch()  # the traces and ns-3's output, written on the node
         self._metrics.update(flow_metrics(self.result.get("flows", [])))
         self._metrics["sim_time_s"] = self.result.get("sim_time", stop)
         self._metrics["sim_wall_s"] = self.result.get("wall_s", 0.0)
@@ -185,7 +218,11 @@ class Ns3Simulation(ResourceManager):
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.on_event = None
-            if self.state == ResourceState.FINISHED:
+            if self._remote is not None and self.state == ResourceState.FINISHED:
+                proc.close()  # on a node: never kept for a next run, never left behind
+            elif self._remote is not None:
+                proc.kill()
+            elif self.state == ResourceState.FINISHED:
                 client.give_back(proc)  # the next run (a sweep's next point) reuses it
             else:
                 proc.kill()  # failed or cut short: its state is not trusted
@@ -195,28 +232,46 @@ class Ns3Simulation(ResourceManager):
 
 def start_times(apps: list[Ns3Application], stop: float) -> dict[int, tuple[float, float | None]]:
     """Each application's (start, stop) in simulated seconds: its StartTime and StopTime,
-    delayed by START conditions on other ns-3 applications of the simulation."""
+    moved by START and STOP conditions on other ns-3 applications of the simulation.
+
+    A condition "when B is STARTED (STOPPED) plus d" is B's simulated start (stop) time
+    plus d. A START condition delays the start; a STOP condition stops the application
+    then (or at its StopTime if that comes first), never before it started.
+    Conditions on anything outside the simulation are left to the engine (wall time)."""
     own = {a.guid: (seconds(a.get("StartTime")) or 0.0, _stop_of(a)) for a in apps}
     times = dict(own)
     ids = set(own)
-    for _ in range(len(apps) + 1):
+
+    def when(conditions) -> float | None:
+        """The simulated time at which every condition (within the simulation) holds."""
+        found = None
+        for group, state, delay in conditions:
+            if not set(group) <= ids:
+                continue  # waits for something outside the simulation: the EC handles it
+            for guid in group:
+                dep_start, dep_stop = times[guid]
+                base = dep_start if state <= ResourceState.STARTED else (
+                    stop if dep_stop is None else dep_stop)
+                at = base + (parse_delay(delay) if delay else 0.0)
+                found = at if found is None else max(found, at)
+        return found
+
+    for _ in range(2 * len(apps) + 2):
         changed = False
         for app in apps:
-            start = own[app.guid][0]
-            for group, state, delay in app.conditions.get(ResourceAction.START, []):
-                if not set(group) <= ids:
-                    continue  # waits for something outside the simulation: the EC handles it
-                for guid in group:
-                    dep_start, dep_stop = times[guid]
-                    base = dep_start if state <= ResourceState.STARTED else (dep_stop or stop)
-                    start = max(start, base + (parse_delay(delay) if delay else 0.0))
-            if start != times[app.guid][0]:
-                end = own[app.guid][1]
+            start, end = own[app.guid]
+            after = when(app.conditions.get(ResourceAction.START, []))
+            if after is not None:
+                start = max(start, after)
+            until = when(app.conditions.get(ResourceAction.STOP, []))
+            if until is not None:
+                end = max(start, until if end is None else min(end, until))
+            if (start, end) != times[app.guid]:
                 times[app.guid] = (start, end)
                 changed = True
         if not changed:
             return times
-    raise InvalidInputError("the START conditions between ns-3 applications form a cycle")
+    raise InvalidInputError("the START/STOP conditions between ns-3 applications form a cycle")
 
 
 def _stop_of(app: Ns3Application) -> float | None:

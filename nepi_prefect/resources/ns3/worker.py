@@ -1,7 +1,7 @@
 """The simulator process: ns-3 (cppyy bindings) driven over JSON lines.
 
-Run as ``python -m nepi_prefect.resources.ns3.worker``. It imports nothing of
-the project, so cppyy's process-wide state, an ns-3 abort (NS_FATAL_ERROR) or a
+Run as ``python worker.py`` (here, or copied to a Linux node and run over its
+SSH connection, with ``--die-with-parent``). It imports nothing of the project, so cppyy's process-wide state, an ns-3 abort (NS_FATAL_ERROR) or a
 runaway simulation stays in this process; the controller
 (:mod:`nepi_prefect.resources.ns3.client`) reads what it printed last.
 
@@ -79,6 +79,19 @@ def _version() -> str:
         return "unknown"
 
 
+def _value_type(tid_name: str, name: str, cache: dict = {}) -> str:  # noqa: B006 (a memo)
+    """The value type of an attribute, e.g. "ns3::AddressValue". Asked once per
+    (type, attribute) in the process: through cppyy it costs ~0.15 ms, about half of a
+    small experiment's build."""
+    key = (tid_name, name)
+    if key not in cache:
+        info = ns.TypeId.AttributeInformation()
+        if not ns.TypeId.LookupByName(tid_name).LookupAttributeByName(name, info):
+            raise ValueError(f"{tid_name} has no attribute {name!r}")
+        cache[key] = str(info.checker.GetValueTypeName())
+    return cache[key]
+
+
 # -- building the topology --------------------------------------------------------------
 class Builder:
     """Creates the objects the controller describes, by reference (the RM's guid)."""
@@ -91,10 +104,7 @@ class Builder:
 
     def value(self, tid_name: str, name: str, text):
         """An AttributeValue for ``text``; addresses "a.b.c.d" or "a.b.c.d:port" are parsed."""
-        info = ns.TypeId.AttributeInformation()
-        if not ns.TypeId.LookupByName(tid_name).LookupAttributeByName(name, info):
-            raise ValueError(f"{tid_name} has no attribute {name!r}")
-        if info.checker.GetValueTypeName() == "ns3::AddressValue":
+        if _value_type(tid_name, name) == "ns3::AddressValue":
             host, _, port = str(text).partition(":")
             if port:
                 return ns.AddressValue(ns.InetSocketAddress(ns.Ipv4Address(host), int(port)).ConvertTo())
@@ -180,7 +190,19 @@ class Builder:
 
 # -- running ------------------------------------------------------------------------------
 def run(builder: Builder, req: dict, proto) -> dict:
-    """Run to ``stop`` s of simulated time, telling each app event as it is reached."""
+    """Run to ``stop`` s of simulated time, telling each app event as it is reached.
+
+    The result's ``phases`` says where the wall time went (seconds per step), for
+    benchmarks/bench_ns3.py's breakdown."""
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = phases.get(name, 0.0) + now - mark
+        mark = now
+
     for ref, (start, end) in req.get("times", {}).items():
         builder.apps[ref].SetStartTime(ns.Seconds(start))
         if end is not None:
@@ -191,6 +213,7 @@ def run(builder: Builder, req: dict, proto) -> dict:
     if req.get("flowmon") and builder.stack is not None:
         helper = ns.FlowMonitorHelper()
         monitor = helper.InstallAll()
+    lap("setup_s")
     stop = float(req["stop"])
     events = sorted((float(t), ref, what) for t, ref, what in req.get("events", []) if t <= stop)
     wall = time.monotonic()
@@ -199,13 +222,18 @@ def run(builder: Builder, req: dict, proto) -> dict:
         if at > now:
             ns.Simulator.Stop(ns.Seconds(at - now))
             ns.Simulator.Run()
+        lap("simulate_s")
         _send(proto, {"event": "state", "ref": ref, "state": what, "sim_time": at})
+        lap("events_s")
     now = ns.Simulator.Now().GetSeconds()
     ns.Simulator.Stop(ns.Seconds(max(stop - now, 0.0)))
     ns.Simulator.Run()
-    result = {"sim_time": ns.Simulator.Now().GetSeconds(), "wall_s": time.monotonic() - wall,
+    wall = time.monotonic() - wall
+    lap("simulate_s")
+    result = {"sim_time": ns.Simulator.Now().GetSeconds(), "wall_s": wall,
               "flows": flows(helper, monitor) if monitor is not None else [],
               "sinks": {ref: int(s.GetTotalRx()) for ref, s in builder.sinks.items()}}
+    lap("stats_s")
     ns.Simulator.Destroy()
     # Drop the last references to the objects: the trace helpers' files (pcap) are
     # flushed and closed when the devices holding their sinks are freed.
@@ -213,6 +241,8 @@ def run(builder: Builder, req: dict, proto) -> dict:
     builder.apps.clear()
     builder.sinks.clear()
     gc.collect()
+    lap("destroy_s")
+    result["phases"] = phases
     return result
 
 
@@ -263,12 +293,13 @@ def serve(proto) -> None:
                                         ns.StringValue("ns3::RealtimeSimulatorImpl"))
                 ns.RngSeedManager.SetSeed(int(req.get("seed", 1)))
                 ns.RngSeedManager.SetRun(int(req.get("run", 1)))
+                started = time.monotonic()
                 for spec in req["objects"]:
                     try:
                         builder.build(spec)
                     except Exception as exc:
                         raise RuntimeError(f"ref {spec['ref']} ({spec['tid']}): {exc}") from exc
-                result = {"built": len(req["objects"])}
+                result = {"built": len(req["objects"]), "wall_s": time.monotonic() - started}
             elif op == "run":
                 result = run(builder, req, proto)
             else:
@@ -287,14 +318,37 @@ def _redirect_stdout(path: str) -> None:
     os.close(fd)
 
 
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent ends (Linux). On a remote host the parent is
+    sshd's session process, which ends with the connection: a controller that vanished
+    mid-run (the run blocks in C++ and reads no end-of-file) leaves no simulator behind."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent was gone already
+        os._exit(1)
+
+
 def main() -> None:
     global ns
+    if "--die-with-parent" in sys.argv:
+        _die_with_parent()
     # The protocol keeps the original stdout; ns-3's printing goes elsewhere (see build).
     proto = os.fdopen(os.dup(1), "w")
     _redirect_stdout(os.devnull)
     started = time.monotonic()
     from ns import ns as ns_module  # the slow part: cppyy compiles the bindings
     ns = ns_module
+    # ASCII traces need packet metadata, which ns-3 refuses to turn on once any packet
+    # was sent in the process: a warm process reused after a run without them aborted
+    # the next run that asked for them. So it is on from the start, for every run.
+    ns.PacketMetadata.Enable()
+    # The import made millions of Python objects that live as long as the process;
+    # freezing them keeps each run's gc.collect() (which closes the pcap files, see
+    # run) from scanning them all again: 4-5 ms of a small experiment's run.
+    gc.freeze()
     # cppyy's crash handlers run gdb for a back trace (tens of seconds); an abort
     # (NS_FATAL_ERROR) should end the process at once, its message already printed.
     for sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
