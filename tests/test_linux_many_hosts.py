@@ -5,13 +5,16 @@ the summary says which hosts failed and why."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceState as S
+from nepi_prefect.orchestration.artifacts import report_markdown, summary_artifact
 from nepi_prefect.util.timefuncs import tnow
 from tests.fixtures.multihost import (
     SilentServer,
@@ -97,10 +100,17 @@ def test_a_host_killed_mid_run_fails_only_its_own_rms(small_lab, tmp_path):
                 assert ec.trace(app, "stdout") == f"out-{h}-{i}\n"
     finally:
         ec.shutdown()
-    reports = {h["guid"]: h for h in ec.summary()["hosts"]}
+    summary = ec.summary()
+    reports = {h["guid"]: h for h in summary["hosts"]}
     assert reports[nodes[0]]["ok"] is False and reports[nodes[0]]["reason"] == "lost"
     assert reports[nodes[0]]["rms_failed"] == 5
     assert reports[nodes[1]]["ok"] and reports[nodes[2]]["ok"]
+    # the same accounting in summary.json, the summary artifact and the report
+    on_disk = json.loads((Path(ec.run_dir) / "summary.json").read_text())
+    assert on_disk["hosts"] == json.loads(json.dumps(summary["hosts"]))
+    lost_line = f"host {reports[nodes[0]]['host']} (guid {nodes[0]}) failed: lost: "
+    for text in (summary_artifact(summary)["description"], report_markdown(summary)):
+        assert "hosts: 2 ok, 1 failed" in text and lost_line in text, text
 
 
 def test_a_host_that_never_answers_does_not_hold_the_others(small_lab, tmp_path):

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nepi_prefect.transport.stream import CommandStream
 
 
 class TransportError(RuntimeError):
@@ -89,6 +93,12 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def put(self, local: str, remote: str) -> None:
         """Copy a local file or directory (recursively) to ``remote``."""
+
+    def stream(self, command: str) -> "CommandStream":
+        """Start ``command`` (bash) with its stdin/stdout/stderr kept open as pipes, in its
+        own process group (see transport.stream); for a helper speaking a line protocol."""
+        raise TransportError(f"{self.label or type(self).__name__}: this transport cannot "
+                             f"keep a command's pipes open", "unsupported")
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -29,6 +29,7 @@ from nepi_prefect.transport.base import CommandResult, Transport, TransportError
 from nepi_prefect.transport.bulk import bulk_read_snippet, parse_bulk
 from nepi_prefect.transport.pool import ShellPool, ShellRefused
 from nepi_prefect.transport.ssh_shell import ChannelShell
+from nepi_prefect.transport.stream import ChannelStream, CommandStream
 
 # paramiko logs tracebacks for failures this module reports itself, clearly
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -223,6 +224,19 @@ class SSHTransport(Transport):
         return self._pool.run(command, timeout, self.label, lambda exc: (
             str(exc) if isinstance(exc, TransportError) and exc.kind != "lost" else
             f"connection lost while running a command: {_reason(exc, timeout)}"))
+
+    def stream(self, command: str) -> CommandStream:
+        """``command`` on its own exec channel of this connection; it prints its shell's
+        pid (the process group to kill) before it starts (see transport.stream)."""
+        tr = self._ensure_connected()
+        try:
+            chan = tr.open_session(timeout=self.config.connect_timeout)
+            chan.exec_command(f"echo $$; {command}")
+            return ChannelStream(chan, lambda kill: self.run(kill, timeout=30),
+                                 self.config.connect_timeout)
+        except (paramiko.SSHException, OSError) as exc:
+            raise TransportError(f"{self.label}: cannot start a streamed command: "
+                                 f"{_reason(exc, self.config.connect_timeout)}") from None
 
     def _open_shell(self, tr: paramiko.Transport) -> ChannelShell:
         try:

@@ -1,13 +1,13 @@
 """LinuxApplication: a command run on a LinuxNode, detached from the SSH session.
 
 Deploy prepares the app_home (packages, sources, code, build, install: done
-once per node for the same inputs) and the run_home. Start writes two files
-in run_home, ``command`` (the user's command) and ``wrapper.sh``, and launches
-the wrapper with ``setsid sh wrapper.sh`` (batched with the node's other
-launches, see :mod:`.hostops`): it runs in its own session, survives a dropped
-connection, tags what it starts (see :mod:`.processes`, which stop and release
-use to kill all of it), and writes the exit code to ``exitcode``. The node's
-monitor notices the file and calls :meth:`LinuxApplication.on_process_exited`.
+once per node for the same inputs) and the run_home. Start writes the user's
+command to ``command`` in run_home and launches ``bash ./command`` there,
+batched with the node's other launches under one watcher process that writes
+``pid`` and, when it ends, ``exitcode`` (see :mod:`.appcommands`). It runs in
+its own process group, survives a dropped connection and carries a tag (see
+:mod:`.processes`, which stop and release use to kill all of it). The node's
+monitor notices the exit and calls :meth:`LinuxApplication.on_process_exited`.
 
 Subclasses override :meth:`build_command` and :meth:`on_finished`, and may
 give ``depends`` a default.
@@ -16,8 +16,6 @@ give ``depends`` a default.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
 import re
 import shlex
 import threading
@@ -30,20 +28,20 @@ from nepi_prefect.execution.resource import (
     clsinit_copy,
 )
 from nepi_prefect.execution.trace import Trace, TraceAttr
+from nepi_prefect.resources.linux.appcommands import LAUNCH, kill_step, launch_step
+from nepi_prefect.resources.linux.apphome import (
+    ApplicationError,
+    app_digest,
+    needs_app_home,
+    prepare_app_home,
+    upload_run_files,
+)
 from nepi_prefect.resources.linux.hostops import KILL_GRACE, Step
 from nepi_prefect.resources.linux.node import LinuxNode
-from nepi_prefect.resources.linux.processes import kill_app, tag_export
 from nepi_prefect.resources.linux.shellsafe import check_packages, substitute_paths
 
-_URL = re.compile(r"^(https?|ftp)://", re.I)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEPLOY_TRACES = ("deploy_stdout", "deploy_stderr", "deploy_exitcode")
-#: in app_home: what build and install left in ${RUN_HOME}, for the runs that reuse the build
-_KEPT_RUN_HOME = ".nepi-run-home"
-
-
-class ApplicationError(RuntimeError):
-    """The application could not be deployed or run."""
 
 
 @clsinit_copy
@@ -56,7 +54,7 @@ class LinuxApplication(ResourceManager):
     _finishes_by_itself = True
     _connects_to, _connects_at_most = ("LinuxNode", "Collector"), {"LinuxNode": 1}  # one node
     _shell_word_attributes = ("env",)  # an unbalanced quote is refused at set
-    _run_state_fields = ("run_home",)  # the run-state file records where the app ran
+    _run_state_fields = ("run_home", "pid")  # the run-state file records where the app ran
     #: whether on_finished needs the whole stdout: else a big one is not read at the end
     _parses_stdout = False
 
@@ -97,6 +95,7 @@ class LinuxApplication(ResourceManager):
 
     def __init__(self, ec, guid):
         super().__init__(ec, guid)
+        self._node: LinuxNode | None = None  # set at deploy: connections are fixed by then
         self._run_home: str | None = None
         self._app_home: str | None = None
         self._pid: int | None = None
@@ -116,8 +115,10 @@ class LinuxApplication(ResourceManager):
     # -- neighbours and places -----------------------------------------------------
     @property
     def node(self) -> LinuxNode | None:
-        nodes = self.get_connected(LinuxNode)
-        return nodes[0] if nodes else None
+        if self._node is None:  # looked up until deploy found it (asked per step, per trace)
+            nodes = self.get_connected(LinuxNode)
+            return nodes[0] if nodes else None
+        return self._node
 
     @property
     def run_home(self) -> str | None:
@@ -165,8 +166,9 @@ class LinuxApplication(ResourceManager):
         if node.state == ResourceState.FAILED:
             raise ApplicationError(f"{self._rtype} {self.guid}: its node LinuxNode "
                                    f"{node.guid} FAILED: {node.failure or 'see its log'}")
+        self._node = node
         self._run_home = node.run_home(self)
-        self._app_home = node.app_home(self._app_digest())
+        self._app_home = node.app_home(app_digest(self.get))
         if not self._needs_host_work():
             # the usual case: nothing to do on the host; the node made the run_home
             # at its deploy, and the launch step makes sure of both directories
@@ -177,122 +179,39 @@ class LinuxApplication(ResourceManager):
         if depends:
             node.install_packages(depends)
         node.transport.run(f"mkdir -p {dirs}").check(f"creating {self._run_home}")
-        self._prepare_app_home(node)
-        self._upload_run_files(node)
+        if needs_app_home(self.get):
+            prepare_app_home(self, node)
+        upload_run_files(self, node)
         super().do_deploy()
 
     def _needs_host_work(self) -> bool:
         """Packages, sources, builds or uploads: deployed step by step, not batched."""
-        return self._needs_app_home() or any(
+        return needs_app_home(self.get) or any(
             self.get(n) for n in ("depends", "files", "stdin"))
 
     def _schedule(self, then, rc: int | None, out: str) -> None:
         """A batched step ended (on the batcher's thread): go on on the dispatcher."""
         self.ec.schedule("0s", functools.partial(then, rc, out))
 
-
-    def _app_digest(self) -> str:
-        """A hash of what makes the app_home: runs with the same inputs share it."""
-        h = hashlib.sha256()
-        for name in ("depends", "sources", "code", "build", "install"):
-            h.update(f"{name}\0{self.get(name) or ''}\0".encode())
-        for src in (self.get("sources") or "").split():
-            if not _URL.match(src) and os.path.exists(src):
-                st = os.stat(src)
-                h.update(f"{os.path.abspath(src)}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:16]
-
-    def _needs_app_home(self) -> bool:
-        return any(self.get(n) for n in ("sources", "code", "build", "install"))
-
-    def _prepare_app_home(self, node: LinuxNode) -> None:
-        """Sources and code in ${APP_HOME}; build and install run in ${RUN_HOME}, as in NEPI.
-
-        They run once per node for the same inputs. What they leave in their
-        working directory is kept in ``${APP_HOME}/.nepi-run-home`` and copied
-        into the run_home of every later app that reuses this app_home.
-        """
-        if not self._needs_app_home():
-            return
-        home, run = shlex.quote(self._app_home), shlex.quote(self._run_home)
-        kept = f"{home}/{_KEPT_RUN_HOME}"
-        with node.app_lock(os.path.basename(self._app_home)):
-            if node.transport.run(f"[ -f {home}/.nepi-ready ] && cp -a {kept}/. {run}/").ok:
-                self.debug(f"reusing {self._app_home}")
-                return
-            self._fetch_sources(node)
-            if self.get("code") is not None:
-                node.transport.write(f"{self._app_home}/code", self.get("code").encode())
-            steps = [s for s in (self.replace_paths(self.get("build")),
-                                 self.replace_paths(self.get("install"))) if s]
-            body = " && ".join(f"( {s}\n)" for s in steps) or "true"
-            script = (f"cd {run} && {{ {body}; }} > {home}/deploy_stdout 2> {home}/deploy_stderr; "
-                      f"rc=$?; echo $rc > {home}/deploy_exitcode; [ $rc = 0 ] && "
-                      f"{{ rm -rf {kept} && mkdir {kept} && cp -a {run}/. {kept}/ "
-                      f"&& touch {home}/.nepi-ready || rc=$?; }}; exit $rc")
-            result = node.transport.run(script, timeout=3600)
-            if not result.ok:
-                err = node.transport.read(f"{self._app_home}/deploy_stderr") or b""
-                raise ApplicationError(
-                    f"{self._rtype} {self.guid}: build/install failed with exit code "
-                    f"{result.exitcode}: {err.decode(errors='replace').strip()[-500:]}")
-
-    def _fetch_sources(self, node: LinuxNode) -> None:
-        fetches = []
-        for src in (self.get("sources") or "").split():
-            if _URL.match(src):
-                name = shlex.quote(os.path.basename(src.rstrip("/")) or "source")
-                url = shlex.quote(src)
-                fetches.append(f"(curl -fsSL -o {name} {url} || wget -q -O {name} {url})")
-            elif os.path.exists(src):
-                node.transport.put(src, f"{self._app_home}/{os.path.basename(src.rstrip('/'))}")
-            else:
-                raise ApplicationError(f"{self._rtype} {self.guid}: source {src!r} is neither "
-                                       f"an existing local path nor a URL")
-        if fetches:
-            cmd = f"cd {shlex.quote(self._app_home)} && " + " && ".join(fetches)
-            node.transport.run(cmd, timeout=1800).check("downloading sources")
-
-    def _upload_run_files(self, node: LinuxNode) -> None:
-        for path in (self.get("files") or "").split():
-            if not os.path.exists(path):
-                raise ApplicationError(f"{self._rtype} {self.guid}: file {path!r} does not exist")
-            node.transport.put(path, f"{self._run_home}/{os.path.basename(path.rstrip('/'))}")
-        stdin = self.get("stdin")
-        if stdin:
-            if os.path.isfile(stdin):
-                node.transport.put(stdin, f"{self._run_home}/stdin")
-            else:
-                node.transport.write(f"{self._run_home}/stdin", stdin.encode())
-
     # -- start, finish, stop ----------------------------------------------------------------
     def do_start(self) -> None:
         command = self.replace_paths(self.build_command())
         if not command:
             raise ApplicationError(f"{self._rtype} {self.guid} has no command to run")
-        home, app_home = shlex.quote(self._run_home), shlex.quote(self._app_home)
-        # built-ins only (the directories exist already), but for the launch itself:
-        # setsid (exec'd by the background child, so $! is the session and group id)
-        # and the wrapper
-        launch = (f"{{ [ -d {home} ] && [ -d {app_home} ] || mkdir -p {home} {app_home}; }} && "
-                  f"cd {home} && {{ [ ! -e exitcode ] && [ ! -e pid ] || rm -f exitcode pid; }} && "
-                  f"printf '%s\\n' {shlex.quote(command)} > command && "
-                  f"printf '%s\\n' {shlex.quote(self._wrapper())} > wrapper.sh && "
-                  f"{{ setsid sh wrapper.sh > /dev/null 2>&1 < /dev/null & }} && "
-                  f"echo $! > pid && echo $!")
+        sudo = bool(self.get("sudo")) and not self.node.is_root
+        launch = launch_step(self._run_home, self._app_home, command, self._env_pairs(),
+                             stdin=bool(self.get("stdin")), sudo=sudo)
         self._launch_done.clear()
         self._launch_sent = True
-        self.node.batcher.submit(Step(launch, self._launch_step_done))
+        self.node.batcher.submit(Step(launch, self._launch_step_done, group=LAUNCH))
 
     def _launch_step_done(self, rc: int | None, out: str) -> None:
         self._launch_done.set()
         self._schedule(self._launched, rc, out)
 
     def _launched(self, rc: int | None, out: str) -> None:
-        try:
-            pid = int(out.strip().splitlines()[-1]) if rc == 0 else None
-        except (ValueError, IndexError):
-            pid = None
+        lines = out.split() if rc == 0 else []
+        pid = int(lines[-1]) if lines and lines[-1].isdigit() else None
         if pid is None:
             raise ApplicationError(f"{self._rtype} {self.guid}: launching failed: "
                                    f"{out.strip()[-500:]}")
@@ -300,22 +219,6 @@ class LinuxApplication(ResourceManager):
         self.debug(f"started, pid {self._pid}")
         super().do_start()
         self.node.monitor.watch(self)
-
-    def _wrapper(self) -> str:
-        """The script that runs the command and records how it ended: POSIX sh, which
-        starts faster than bash (the command itself runs with bash)."""
-        exports = [f"export {k}={shlex.quote(v)}" for k, v in self._env_pairs()]
-        stdin = "stdin" if self.get("stdin") else "/dev/null"
-        sudo = "sudo -n -E " if self.get("sudo") and not self.node.is_root else ""
-        return "\n".join([
-            f"cd {shlex.quote(self._run_home)} || exit 1",
-            tag_export(self._run_home),
-            "trap '' HUP",  # as nohup would: a dropped connection does not end the run
-            *exports,
-            f"{sudo}bash ./command < {stdin} > stdout 2> stderr",
-            # one short write: the monitor waits for a non-empty file
-            "echo $? > exitcode",
-        ])
 
     def _env_pairs(self) -> list[tuple[str, str]]:
         node = self.node
@@ -368,15 +271,29 @@ class LinuxApplication(ResourceManager):
             self._kill(node, graceful=True)
         super().do_stop()
 
+    def reattach(self, record: dict[str, Any]) -> bool:
+        """Take up the app of a run whose controller died (``ExperimentController.attach``):
+        a running one is watched again; the release kills what any of them left."""
+        self._run_home, self._pid = record.get("run_home"), record.get("pid")
+        node = self.node
+        if self.state < ResourceState.STARTED and not self._run_home:
+            return False  # never deployed
+        if node is None or node._transport is None:
+            raise ApplicationError(f"its node cannot be reached ({node and node.failure})")
+        self._launch_sent = True  # a launch may have been on its way: release kills
+        self._launch_done.set()
+        if self.state < ResourceState.STARTED:
+            raise ApplicationError("it had not started when its controller died "
+                                   "(attach follows what runs, it starts nothing)")
+        if self.state == ResourceState.STARTED:
+            node.monitor.watch(self)
+        return True
+
     def _kill(self, node: LinuxNode, graceful: bool) -> None:
         """Kill the app's session, process tree and tagged processes (TERM, a grace,
         then KILL; see :mod:`.processes`), in a batch with the node's other kills.
         The pid comes from run_home/pid, so a kill right after the launch finds it."""
-        sudo = "sudo -n " if self._sudo(node) else ""
-        home = shlex.quote(self._run_home)
-        kill = kill_app('"$__p"', home, sudo, signal="TERM" if graceful else "KILL")
-        step = (f'__p=; read -r __p < {home}/pid 2>/dev/null; '
-                f'[ -z "$__p" ] || {{ {kill}; }}; true')
+        step = kill_step(self._run_home, self._sudo(node), graceful)
         rc, out = node.batcher.run(step, timeout=KILL_GRACE + 30)
         if rc is None:
             raise ApplicationError(f"{self._rtype} {self.guid}: kill failed: {out}")

@@ -13,6 +13,10 @@ steps of a script run one after another in one remote shell. ``window``
 bounds the steps of one script and ``workers`` the scripts in flight (each on
 its own shell): the concurrency window per host, so 500 launches on one host
 use more than one remote core.
+
+A step may belong to a :class:`StepGroup`: the steps of a batch then all share
+it, and the group says how their script runs (the launches run theirs in one
+watcher process: see :mod:`.appcommands`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from nepi_prefect.transport.base import Transport
 
@@ -30,6 +34,15 @@ from nepi_prefect.transport.base import Transport
 GATHER = 0.003
 #: what a step's callback gets: (exit code, output) or (None, error text)
 StepDone = Callable[[int | None, str], None]
+
+
+@dataclass(frozen=True)
+class StepGroup:
+    """How the steps of one batch run together: ``wrap(script, tag)`` is the command
+    that runs ``script`` (the batch's framed steps); ``tag`` is the batch's own random
+    word (e.g. for an end line no step can print)."""
+
+    wrap: Callable[[str, str], str]
 
 
 @dataclass
@@ -40,6 +53,8 @@ class Step:
     done: StepDone
     #: seconds this step may take; a batch may take the sum of its steps'
     timeout: float = 5.0
+    #: a batch holds the steps of one group only (None: plain steps)
+    group: StepGroup | None = None
 
 
 @dataclass
@@ -108,9 +123,20 @@ class HostBatcher:
                 end = time.monotonic() + GATHER
                 while len(self._queue) < self.window and (left := end - time.monotonic()) > 0:
                     self._cond.wait(left)
-                batch, self._queue = self._queue[:self.window], self._queue[self.window:]
-            if batch:  # another worker may have taken them while this one gathered
+                batch = self._take()
+            if batch:
                 self._send(batch)
+
+    def _take(self) -> list[Step]:
+        """Up to ``window`` queued steps of the first one's group, in queue order."""
+        if not self._queue:  # another worker took them while this one gathered
+            return []
+        group = self._queue[0].group
+        batch, rest = [], []
+        for step in self._queue:
+            (batch if step.group == group and len(batch) < self.window else rest).append(step)
+        self._queue = rest
+        return batch
 
     def _send(self, batch: list[Step]) -> None:
         tag = os.urandom(4).hex()
@@ -119,9 +145,13 @@ class HostBatcher:
             # a brace group runs in the batch's shell: no process per step
             parts.append(f"printf '\\n@{tag}B{i}\\n'; {{ {step.script}\n}} </dev/null 2>&1; "
                          f"printf '\\n@{tag}E{i} %d\\n' $?")
+        script = "\n".join(parts)
+        group = batch[0].group
+        if group is not None:
+            script = group.wrap(script, tag)
         timeout = sum(step.timeout for step in batch)  # they run one after another
         try:
-            result = self.transport.run("\n".join(parts), timeout=timeout)
+            result = self.transport.run(script, timeout=timeout)
         except Exception as exc:  # the host is gone: every step learns why
             for step in batch:
                 _call(step, None, str(exc))

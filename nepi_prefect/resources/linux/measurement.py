@@ -2,8 +2,8 @@
 
 A measurement tool prints its summary (ping's statistics, tcpdump's counters,
 a flushed pcap) only when it ends on its own or on SIGINT. So stopping one
-sends SIGINT to its process group first, waits a little for the wrapper to
-record the exit code, and parses what the tool printed, before the base
+sends SIGINT to its process group first, waits a little for the exit
+code to be recorded, and parses what the tool printed, before the base
 class kills whatever is left.
 """
 

@@ -1,10 +1,12 @@
 """AppMonitor: ONE watcher per node for the exits of all its applications.
 
-An app's wrapper writes ``exitcode`` in its run_home when the process ends.
-The monitor polls every watched run_home with one command per period, using
-shell built-ins only (no process per app); the same command sends back the
-outputs of every app that ended in that period, in one archive
-(transport.bulk). Each app gets its exit code and outputs on the EC's dispatcher.
+An app's watcher (see appcommands) writes ``exitcode`` in its run_home when the
+process ends. The monitor polls every watched run_home with one command per
+period, using shell built-ins only (no process at all while nothing ended);
+when something ended, the same command checks with one ``grep`` whether
+anything the app started is left, and sends back the outputs of every app
+that ended in that period in one archive (transport.bulk, three processes).
+Each app gets its exit code and outputs on the EC's dispatcher.
 
 If the host stops answering (the poll fails and no fresh connection is made
 within ``NEPI_PREFECT_NODE_LOST_AFTER`` seconds), the node is told the host
@@ -34,7 +36,8 @@ FIRST_POLL = 0.02
 
 class WatchedProcess(Protocol):
     """What a node's :class:`AppMonitor` watches (a LinuxApplication, say): a process
-    whose wrapper writes ``pid`` in ``run_home`` at start and ``exitcode`` when it ends."""
+    whose ``pid`` is in ``run_home`` from its start and ``exitcode`` once it ended
+    (``watcher``, if there, is the pid of who will write it)."""
 
     @property
     def run_home(self) -> str | None: ...
@@ -136,56 +139,29 @@ class AppMonitor:
 
     def _poll(self, apps: dict[str, WatchedProcess]) -> int:
         """One status command for every app; returns how many ended."""
-        dirs = " ".join(shlex.quote(d) for d in apps)
-        # F: ended with a code, D: died without one. For those, in the same command:
-        # S, then one ps of the members left in their sessions and one grep of the
-        # processes carrying their tag (with the wrapper gone nothing can start a
-        # new one, so if none is left their release needs no kill);
-        # B, then their stdout (and stderr if they failed) in one archive
-        script = (f"s=; o=(); g=(); for d in {dirs}; do p=-; "
-                  f'[ -f "$d/pid" ] && read -r p < "$d/pid"; '
-                  f'if [ -s "$d/exitcode" ]; then read -r rc < "$d/exitcode"; echo "F $rc $p $d"; '
-                  f'elif [ "$p" != - ] && kill -0 "$p" 2>/dev/null; then continue; '
-                  f'elif [ -s "$d/exitcode" ]; then read -r rc < "$d/exitcode"; echo "F $rc $p $d"; '
-                  f'else rc=-; echo "D - $p $d"; fi; [ "$p" != - ] && s="$s,$p"; '
-                  f'o+=("$d/stdout"); [ "$rc" = 0 ] || o+=("$d/stderr"); '
-                  f'g+=(-e "{TAG_VAR}=$d"); done; '
-                  f'if [ -n "$s" ] && command -v ps >/dev/null && [ -d /proc/self ]; then echo S; '
-                  f'ps -o pid=,sid= --sid "${{s#,}}" 2>/dev/null; '
-                  f'grep -HzxoF "${{g[@]}}" /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" '
-                  f"| sed -n 's|^/proc/\\([0-9]*\\)/environ:{TAG_VAR}=\\(.*\\)|T \\1 \\2|p'; fi; "
-                  f'if [ ${{#o[@]}} -gt 0 ]; then echo; echo B; '
-                  f'{bulk_read_snippet(chr(34) + "${o[@]}" + chr(34), OUTPUT_LIMIT)}; fi; true')
-        timeout = max(10.0, self.node.get("connectTimeout"))
-        result = self.node.transport.run(script, timeout=timeout)
-        ended, sids, members, tagged, blob = [], {}, None, set(), None
+        result = self.node.transport.run(_poll_script(list(apps)),
+                                         timeout=max(10.0, self.node.get("connectTimeout")))
+        ended, emptied, blob = [], set(), None
+        tagged: set[str] | None = None  # None: no /proc to look in
         lines = iter(result.stdout.splitlines())
         for line in lines:
             if line == "B":
                 blob = next(lines, "")
                 break
-            if line == "S":
-                members = set()
-            elif members is not None and line.startswith("T "):  # "T pid run_home": tagged
-                _, pid, home = line.split(" ", 2)
-                if pid != sids.get(home):  # the wrapper itself is only writing its exit code
-                    tagged.add(home)
-            elif members is not None:  # "pid sid" of a process still in a session
-                pid, _, sid = line.strip().partition(" ")
-                if pid != sid.strip():
-                    members.add(sid.strip())
-            else:
-                kind, rc, pid, d = (line.split(" ", 3) + ["", "", ""])[:4]
-                app = apps.get(d)
-                if app is not None and kind in ("F", "D"):
-                    ended.append((app, _int_or_none(rc) if kind == "F" else None))
-                    sids[d] = pid
+            if line == "S":  # grep's "/proc/<pid>/environ:TAG=<run_home>" records
+                tagged = {record.partition(f":{TAG_VAR}=")[2]
+                          for record in next(lines, "").split("\0")}
+                continue
+            kind, rc, d = (line.split(" ", 2) + ["", ""])[:3]
+            if kind == "E":
+                emptied.add(d)
+            elif kind in ("F", "D") and d in apps:
+                ended.append((apps[d], _int_or_none(rc) if kind == "F" else None))
         if not ended:
             return 0
-        if members is not None:
+        if tagged is not None:
             with self._lock:
-                self._vacated.update(d for d, sid in sids.items()
-                                     if sid not in members and d not in tagged)
+                self._vacated.update(emptied - tagged)
         paths = [f"{app.run_home}/{name}" for app, rc in ended for name in OUTPUTS
                  if name == "stdout" or rc != 0]
         blobs = parse_bulk(blob or "", paths) if blob is not None else None
@@ -203,6 +179,43 @@ class AppMonitor:
                 return  # unwatched meanwhile (stopped, released)
             del self._apps[app.run_home]
         self.node.ec.schedule("0s", functools.partial(app.on_process_exited, rc, outputs, lost))
+
+
+def _poll_script(dirs: list[str]) -> str:
+    """The status command of one poll (bash; no process unless something ended).
+
+    Per run_home: ``F rc home`` (ended with code rc), ``D - home`` (died without
+    one: its pid and its watcher are gone), nothing (still running); then ``E
+    home`` if its process group is empty. Then, if some group is empty, ``S`` and
+    one grep's list of the processes carrying those apps' tags (none left and an
+    empty group: nothing the app started is left, so its release needs no kill;
+    with the process gone nothing can start a new one). Then ``B`` and the
+    stdout (and stderr if they failed) of the ended apps, as one archive.
+    """
+    alive = '{ kill -0 "$1" || [ -d "/proc/$1" ]; } 2>/dev/null'  # EPERM: alive too
+    return (
+        f"__alive() {{ {alive}; }}; "
+        f'__ended() {{ [ -s "$1/exitcode" ] && read -r rc < "$1/exitcode" && echo "F $rc $1"; }}; '
+        f"o=(); g=(); "
+        f"for d in {' '.join(shlex.quote(d) for d in dirs)}; do p=-; "
+        f'[ -f "$d/pid" ] && read -r p < "$d/pid"; '
+        # whoever writes the exit code (the process's watcher, or the process in the
+        # subshell form) writes it before it ends: so once it is seen gone, one more
+        # look at the file is final
+        f'if __ended "$d"; then :; '
+        f'elif [ "$p" != - ] && __alive "$p"; then continue; '
+        f'elif __ended "$d"; then :; '
+        f'elif w=; [ -f "$d/watcher" ] && read -r w < "$d/watcher" && __alive "$w"; '
+        f"then continue; "  # its exit code is on its way
+        f'elif __ended "$d"; then :; '  # the watcher wrote it and left meanwhile
+        f'else rc=-; echo "D - $d"; fi; '
+        f'o+=("$d/stdout"); [ "$rc" = 0 ] || o+=("$d/stderr"); '
+        f'if [ "$p" != - ] && ! kill -0 -- "-$p" 2>/dev/null; then echo "E - $d"; '
+        f'g+=(-e "{TAG_VAR}=$d"); fi; done; '
+        f'if [ ${{#g[@]}} -gt 0 ] && [ -d /proc/self ]; then echo S; '
+        f'grep -HzxoF "${{g[@]}}" /proc/[0-9]*/environ 2>/dev/null; echo; fi; '
+        f'if [ ${{#o[@]}} -gt 0 ]; then echo; echo B; '
+        f'{bulk_read_snippet(chr(34) + "${o[@]}" + chr(34), OUTPUT_LIMIT)}; fi; true')
 
 
 def _int_or_none(text: str) -> int | None:

@@ -1,29 +1,24 @@
 """Shell snippets that find, and kill, every process an application started on its host.
 
-The process group of the app's wrapper is not enough: a child may open its
-own session (``setsid``), and a daemon that forks twice is handed to init,
-out of the wrapper's process tree. So the processes of an app are, when it is
-killed: the wrapper's session and process group (the wrapper leads both), every
-descendant of those, and every process whose environment carries the app's tag
-(``NEPI_PREFECT_APP=<run_home>``, exported by the wrapper and inherited through
-``setsid`` and double forks). Zombies are left to their parents.
+The process group of the app (its process leads it, see appcommands) is not
+enough: a child may open its own session (``setsid``), and a daemon that forks
+twice is handed to init, out of the app's process tree. So the processes of an
+app are, when it is killed: its session and process group (those the pid
+leads), every descendant of those, and every process whose environment
+carries the app's tag (``NEPI_PREFECT_APP=<run_home>``, exported at the launch
+and inherited through ``setsid`` and double forks). Zombies are left to their
+parents.
 """
 
 from __future__ import annotations
 
-import shlex
 
-#: exported by the wrapper: ``NEPI_PREFECT_APP=<run_home>`` marks all that the app starts
+#: exported at the launch: ``NEPI_PREFECT_APP=<run_home>`` marks all that the app starts
 TAG_VAR = "NEPI_PREFECT_APP"
 
 
-def tag_export(run_home: str) -> str:
-    """The wrapper line that tags every process the app starts."""
-    return f"export {TAG_VAR}={shlex.quote(run_home)}"
-
-
 def app_pids(pid: str, run_home: str, sudo: str = "") -> str:
-    """A shell command listing the live processes of the app whose wrapper is ``pid``.
+    """A shell command listing the live processes of the app whose process is ``pid``.
 
     ``pid`` and ``run_home`` are shell words (a number, a quoted path, ``"$p"``).
     Reading other users' environments needs ``sudo`` when the app ran with it.

@@ -1,0 +1,133 @@
+"""The launch of a node's apps: one watcher per batch, one fork and one exec per app.
+
+A burst of apps that end at once each gets its own exit code and output (bash
+must not forget the status of a child that ended before the watcher waits for
+it); each app leads its own process group (``pid`` is the group id stop and
+release kill); the watcher leaves with the last app of its batch; a command is
+run verbatim, whatever it holds. Locally (``bash -c``) and over SSH (a real sshd
+on loopback; the shell there is ``bash -s``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+from nepi_prefect.execution.resource import ResourceState as S
+from tests.fixtures.sshd import node_attrs
+from tests.helpers import add_rm, engine_ec, wait_until
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.ssh)])
+def node_attributes(request, tmp_path):
+    if request.param == "local":
+        return {"hostname": "localhost", "home": str(tmp_path / "home")}
+    return node_attrs(request.getfixturevalue("sshd"))
+
+
+def test_a_burst_of_quick_apps_gets_every_exit_code_and_output(tmp_path, node_attributes):
+    for ec in engine_ec(tmp_path, "burst"):
+        node = add_rm(ec, "LinuxNode", **node_attributes)
+        apps = [add_rm(ec, "LinuxApplication", node, critical=False,
+                       command=f"echo out-{i}; echo err-{i} >&2; exit {i % 4}")
+                for i in range(30)]
+        ec.deploy()
+        ec.wait_finished(apps, timeout=120)
+        for i, app in enumerate(apps):
+            assert ec.state(app) == (S.FINISHED if i % 4 == 0 else S.FAILED), ec.get_resource(app).failure
+            assert ec.trace(app, "exitcode").strip() == str(i % 4)
+            assert ec.trace(app, "stdout") == f"out-{i}\n"
+            assert ec.trace(app, "stderr") == f"err-{i}\n"
+        failure = ec.get_resource(apps[1]).failure
+        assert failure.endswith("command exited with code 1"), failure
+
+
+def test_each_app_leads_its_own_process_group_and_the_watcher_leaves_last(tmp_path):
+    for ec in engine_ec(tmp_path, "groups"):
+        node = add_rm(ec, "LinuxNode", hostname="localhost", home=str(tmp_path / "home"))
+        # the app's own pid ($$ in a fresh bash) and its process group, from /proc
+        probe = "read -r -a st < /proc/$$/stat; echo $$ ${st[4]}"
+        apps = [add_rm(ec, "LinuxApplication", node, command=f"{probe}; sleep 0.{i}")
+                for i in range(1, 4)]
+        ec.deploy()
+        ec.wait_finished(apps, timeout=60)
+        pids, watchers = set(), set()
+        for app in apps:
+            assert ec.state(app) == S.FINISHED
+            pid, pgid = ec.trace(app, "stdout").split()
+            assert pid == pgid == ec.trace(app, "pid").strip()
+            pids.add(pid)
+            with open(os.path.join(ec.get_resource(app).run_home, "watcher")) as f:
+                watchers.add(f.read().strip())
+        assert watchers and not watchers & pids  # the watcher is none of the apps
+        for watcher in watchers:
+            wait_until(lambda w=watcher: not os.path.exists(f"/proc/{w}"), 30,
+                       f"the watcher {watcher} outlived its apps")
+
+
+_ODD = "__NEPI_W\n__NEPI_E@TAG@\n'q' \"$HOME\" `x` $(y) \\ ;& @TAG@"
+
+
+@pytest.mark.parametrize("command, stdout", [
+    # heredoc words, quotes, substitutions, the batch's own placeholders: verbatim
+    (f"cat <<'EOF'\n{_ODD}\nEOF", _ODD + "\n"),
+    # longer than an environment string (exec refuses one over 128 KiB): the batch's
+    # script then goes to the watcher in a heredoc
+    (f": {'x' * 150_000}; echo long-ok", "long-ok\n"),
+], ids=["odd", "long"])
+def test_a_command_runs_verbatim_whatever_it_holds(tmp_path, node_attributes, command, stdout):
+    for ec in engine_ec(tmp_path, "verbatim"):
+        node = add_rm(ec, "LinuxNode", **node_attributes)
+        app = add_rm(ec, "LinuxApplication", node, command=command)
+        ec.deploy()
+        ec.wait_finished([app], timeout=60)
+        assert ec.state(app) == S.FINISHED, ec.get_resource(app).failure
+        assert ec.trace(app, "stdout") == stdout
+
+
+class _Watched:
+    """A process that is not an RM (the monitor's ``WatchedProcess`` protocol)."""
+
+    def __init__(self, run_home: str):
+        self.run_home = run_home
+        self.codes: list[int | None] = []
+        self.done = threading.Event()
+
+    def on_process_exited(self, exitcode, outputs=None, lost=None) -> None:
+        self.codes.append(exitcode)
+        self.done.set()
+
+
+def test_an_ended_process_waits_for_its_watcher_to_write_the_exit_code(tmp_path):
+    """Between the watcher reaping a process and writing its exit code, the process is
+    gone and the file not there yet: while the watcher lives, that is not a death."""
+    for ec in engine_ec(tmp_path, "watcher"):
+        node = add_rm(ec, "LinuxNode", hostname="localhost", home=str(tmp_path / "home"))
+        ec.deploy()
+        ec.wait_deployed([node], timeout=60)
+        home = tmp_path / "app"
+        home.mkdir()
+        (home / "pid").write_text("999999999\n")  # no such process: it has ended
+        watcher = subprocess.Popen(["sleep", "60"])
+        try:
+            (home / "watcher").write_text(f"{watcher.pid}\n")
+            app = _Watched(str(home))
+            ec.get_resource(node).monitor.watch(app)
+            # several polls go by (every 0.2 s at most): none may call it dead
+            assert not app.done.wait(2.0), f"reported {app.codes} while its watcher lives"
+            (home / "exitcode").write_text("3\n")
+            assert app.done.wait(30) and app.codes == [3]
+            # a watcher gone without writing it: the process died without an exit code
+            other = tmp_path / "other"
+            other.mkdir()
+            (other / "pid").write_text("999999999\n")
+            (other / "watcher").write_text("999999998\n")
+            lost = _Watched(str(other))
+            ec.get_resource(node).monitor.watch(lost)
+            assert lost.done.wait(30) and lost.codes == [None]
+        finally:
+            watcher.kill()
+            watcher.wait()
