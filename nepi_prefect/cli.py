@@ -25,6 +25,7 @@ from nepi_prefect.commands.results import register as register_results
 from nepi_prefect.execution.attribute import flag_names
 from nepi_prefect.execution.errors import InvalidInputError, UnknownResourceTypeError, listing
 from nepi_prefect.execution.resource import ResourceFactory
+from nepi_prefect.commands import attach as attach_command
 from nepi_prefect.commands import cleanup as cleanup_command
 from nepi_prefect.commands import server as server_command
 from nepi_prefect.orchestration import logins  # noqa: F401  (saved SSH logins are Prefect blocks)
@@ -313,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     server_command.register(sub)
 
     cleanup_command.add_parser(sub)
+    attach_command.add_parser(sub)
     return parser
 
 

@@ -38,6 +38,18 @@ def node_lost_after() -> float:
     return _seconds(NODE_LOST_AFTER_ENV, DEFAULT_NODE_LOST_AFTER)
 
 
+#: where each run notes what it started on its Linux hosts until it cleaned them, so
+#: the next run on a host kills what a lost (or, with cleanProcesses, crashed) run left
+LOST_RUNS_ENV = "NEPI_PREFECT_LOST_RUNS"
+DEFAULT_LOST_RUNS = "~/.nepi-prefect/host-runs"
+
+
+def lost_runs_dir() -> str:
+    """``$NEPI_PREFECT_LOST_RUNS``, else ~/.nepi-prefect/host-runs."""
+    return os.path.abspath(os.path.expanduser(
+        os.environ.get(LOST_RUNS_ENV, "").strip() or DEFAULT_LOST_RUNS))
+
+
 def results_root(override: str | None = None) -> str:
     """The absolute results root: ``override``, else ``$NEPI_PREFECT_RESULTS``, else the default."""
     return os.path.abspath(os.path.expanduser(
@@ -132,6 +144,11 @@ DEFAULT_SERVER_START_TIMEOUT = 300.0
 #: where records wait until the server has them (default: $PREFECT_HOME/nepi-journal)
 JOURNAL_ENV = "NEPI_PREFECT_JOURNAL"
 
+#: where a migrated, empty Prefect database is kept to start fresh PREFECT_HOMEs from
+#: ("0": none; every fresh home's server migrates its database from nothing)
+DB_TEMPLATE_DIR_ENV = "NEPI_PREFECT_DB_TEMPLATE_DIR"
+DEFAULT_DB_TEMPLATE_DIR = "~/.cache/nepi-prefect"
+
 
 def prefect_api_url() -> str | None:
     """``$PREFECT_API_URL``, or None: the record goes to the local server."""
@@ -157,6 +174,12 @@ def server_port() -> int:
 def server_start_timeout() -> float:
     """Seconds to wait for a starting local server to answer."""
     return _seconds(SERVER_START_TIMEOUT_ENV, DEFAULT_SERVER_START_TIMEOUT)
+
+
+def db_template_dir() -> str | None:
+    """Where the template database lives, or None when templates are turned off."""
+    text = os.environ.get(DB_TEMPLATE_DIR_ENV, "").strip() or DEFAULT_DB_TEMPLATE_DIR
+    return None if text == "0" else os.path.abspath(os.path.expanduser(text))
 
 
 def journal_dir() -> str:

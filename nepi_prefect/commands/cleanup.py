@@ -43,8 +43,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dir_of(run: str) -> str:
+    """A run directory, or EXP_ID/RUN_ID under the results root."""
+    return run if os.path.isdir(run) else os.path.join(settings.results_root(), run)
+
+
 def _cleanup_run(run: str, force: bool) -> int:
-    run_dir = run if os.path.isdir(run) else os.path.join(settings.results_root(), run)
+    run_dir = run_dir_of(run)
     path = os.path.join(run_dir, RUN_STATE)
     try:
         with open(path) as f:

@@ -15,6 +15,7 @@ import os
 from typing import Any, Callable, Iterable
 
 from nepi_prefect import settings
+from nepi_prefect.execution import attach as attaching
 from nepi_prefect.execution import checks, exitguard, persistence, report, runstate
 from nepi_prefect.execution.attribute import Flags
 from nepi_prefect.execution.conditions import Condition, checked_condition
@@ -65,7 +66,8 @@ class ExperimentController:
 
     def __init__(self, exp_id: str | None = None, local_dir: str | None = None,
                  nthreads: int | None = None, recorder: Recorder | None = None,
-                 release_timeout: float = 600.0, run_id: str | None = None):
+                 release_timeout: float = 600.0, run_id: str | None = None,
+                 *, _reopen: bool = False):
         self._exp_id = (f"exp-{os.urandom(8).hex()}" if exp_id is None
                         else checks.safe_identifier("exp_id", exp_id))
         self._run_id = tsformat() if run_id is None else checks.safe_identifier("run_id", run_id)
@@ -92,8 +94,34 @@ class ExperimentController:
                                  self._logger, release_timeout)
         self._run_state = runstate.RunStateFile(self.run_dir, self._run_state_document,
                                                 self._logger)
-        self._recorder.open(self)
+        # attach continues the record of the run it takes over (Recorder.reopen)
+        (self._recorder.reopen if _reopen else self._recorder.open)(self)
         exitguard.guard(self)
+
+    @classmethod
+    def attach(cls, run_dir: str, recorder: Recorder | None = None,
+               nthreads: int | None = None) -> "ExperimentController":
+        """Take over the run in ``run_dir`` whose controller died (SIGKILL, a crash).
+
+        Reads its ``run-state.json``, registers the same RMs, logs in to the hosts again
+        and watches the applications still running (see :mod:`.attach`). Then, as with
+        any run: ``wait_finished(...)`` to follow them to their end, and ``shutdown()``
+        to collect their traces into ``run_dir``, release them (nothing is left on the
+        hosts), write ``summary.json`` and close the run's record (the Prefect recorder
+        closes the dead controller's flow run). Refused while that controller lives.
+        """
+        state = attaching.read_run_state(run_dir)
+        run_dir = os.path.abspath(run_dir)
+        local_dir = os.path.dirname(os.path.dirname(run_dir))
+        ec = cls(exp_id=state["exp_id"], run_id=state["run_id"], local_dir=local_dir,
+                 recorder=recorder, nthreads=nthreads, _reopen=True)
+        if ec.run_dir != run_dir:
+            raise InvalidInputError(f"{run_dir!r} is not <results>/{state['exp_id']}/"
+                                    f"{state['run_id']}; attach the run directory itself")
+        rms = attaching.rebuild(ec, state)
+        attaching.collect_traces(ec, rms)
+        ec._run_state.changed()
+        return ec
 
     # -- identity and state -------------------------------------------------
     @property
@@ -429,6 +457,8 @@ class ExperimentController:
         self._logger.warning("experiment %s: %s; releasing its resources", self._exp_id, reason)
         self._release.timeout = min(self._release.timeout, 30.0)
         self._recorder.abandon(self, reason)
+        # not COMPLETED: summary.json says the run was cut short, and why
+        self._status.fail(f"abandoned: {reason}")
         self.shutdown()
 
     def _run_state_document(self) -> dict[str, Any]:

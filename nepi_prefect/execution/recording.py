@@ -99,6 +99,11 @@ class Recorder:
     def open(self, ec: Experiment) -> None:
         """The experiment run begins (the EC was created)."""
 
+    def reopen(self, ec: Experiment) -> None:
+        """``ec`` takes over a run whose controller died (``ExperimentController.attach``):
+        continue that run's record. The base opens a new one."""
+        self.open(ec)
+
     def action_changed(self, run: ActionRun) -> None:
         """``run`` was created or changed state; read ``run.state``."""
 

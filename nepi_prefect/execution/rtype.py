@@ -122,6 +122,13 @@ class ResourceType:
                 out[name] = value
         return out
 
+    def reattach(self, record: dict[str, Any]) -> bool:
+        """Take up this RM where a controller that died left it (``attach``; ``record``
+        is its entry in the run-state file, its state and times already restored).
+        True if it follows what it was doing (a running app watched again); the base
+        follows nothing, so a STARTED RM of a type that does not override this FAILS."""
+        return False
+
     def lost_results(self) -> list[str]:
         """What this RM failed to write into the run directory, one line each (a trace
         it could not collect, say). The summary lists them and marks the run INCOMPLETE."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.errors import AttributeValueError, UnknownTraceError
@@ -97,6 +97,10 @@ class Collector(ResourceManager):
                 self.collect()
         finally:
             super().do_release()
+
+    def reattach(self, record: dict[str, Any]) -> bool:
+        """Taken up by ``attach``: nothing of it runs, its work is at release."""
+        return True
 
     # -- collection ----------------------------------------------------------------
     def sources(self) -> list[ResourceManager]:

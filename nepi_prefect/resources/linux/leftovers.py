@@ -1,6 +1,6 @@
 """What a crashed run left running on its Linux hosts: found from its run-state file
 (``execution/runstate.py``: each node's host and login, each app's run_home) and the
-pid file every app's wrapper writes in its run_home, then killed with everything the
+pid file every app's launch writes in its run_home, then killed with everything the
 app started (its session, process tree and tagged processes: see :mod:`.processes`).
 
 Used by ``nepi-prefect cleanup RUN``. Knows no Prefect: saved credentials are
@@ -13,12 +13,10 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from nepi_prefect.resources.linux.node import _load_pkey
+from nepi_prefect.resources.linux import lostruns
+from nepi_prefect.resources.linux.login import make_transport
 from nepi_prefect.resources.linux.processes import app_pids, kill_app
 from nepi_prefect.transport.base import Transport, TransportError
-from nepi_prefect.transport.credentials import resolve_credentials
-from nepi_prefect.transport.local import LocalTransport
-from nepi_prefect.transport.ssh import SSHConfig, SSHTransport
 
 
 @dataclass
@@ -29,6 +27,7 @@ class HostLeftovers:
     host: str
     killed: dict[str, int] = field(default_factory=dict)  # run_home -> processes killed
     error: str | None = None
+    label: str = ""  # the transport's user@host:port
 
 
 def kill_leftovers(state: dict[str, Any]) -> list[HostLeftovers]:
@@ -43,6 +42,9 @@ def kill_leftovers(state: dict[str, Any]) -> list[HostLeftovers]:
                  if g in rms and rms[g].get("run_home")]
         if homes:
             done.append(_clean_host(node, homes))
+            if done[-1].error is None:  # the host is clean: the next run there has no more to do
+                lostruns.forget(lostruns.note_path(done[-1].label, state.get("exp_id", ""),
+                                                   state.get("run_id", ""), node["guid"]))
     return done
 
 
@@ -54,6 +56,7 @@ def _clean_host(node: dict[str, Any], homes: list[str]) -> HostLeftovers:
     except Exception as exc:  # credentials that cannot be read, say
         out.error = str(exc)
         return out
+    out.label = transport.label
     try:
         transport.connect()
         result = transport.run(kill_script(homes), timeout=180)
@@ -84,22 +87,5 @@ def kill_script(homes: list[str]) -> str:
 
 
 def _transport(node: dict[str, Any]) -> Transport:
-    """A connection like the node's own (see ``LinuxNode._make_transport``)."""
-    if node.get("hostname") == "localhost":
-        return LocalTransport()
-    cfg = SSHConfig(
-        host=node["hostname"], port=node.get("port", 22), username=node.get("username"),
-        key_filename=node.get("identity"),
-        known_hosts=node.get("knownHosts", "~/.ssh/known_hosts"),
-        accept_unknown=bool(node.get("acceptUnknownHostKeys")),
-        connect_timeout=float(node.get("connectTimeout", 10.0)),
-        gateway=node.get("gateway"), gateway_user=node.get("gatewayUser"),
-        gateway_port=node.get("gatewayPort", 22))
-    if node.get("credentials"):
-        creds = resolve_credentials(node["credentials"])
-        cfg.username = cfg.username or creds.get("username")
-        cfg.password = creds.get("password")
-        if creds.get("private_key") and not cfg.key_filename:
-            cfg.pkey = _load_pkey(creds["private_key"], node["credentials"])
-        cfg.known_hosts_text = creds.get("known_hosts")
-    return SSHTransport(cfg)
+    """A connection like the node's own (its login attributes, from the run-state file)."""
+    return make_transport(node, node["guid"])

@@ -23,20 +23,19 @@ from typing import Callable
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.facts import BackgroundFacts
+from nepi_prefect.resources.linux import lostruns
 from nepi_prefect.resources.linux.hostops import HostBatcher
+from nepi_prefect.resources.linux.leftovers import kill_script
 from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
 from nepi_prefect.resources.linux.shellsafe import check_home, home_problem
+from nepi_prefect.resources.linux.login import (  # noqa: F401  (NodeError: re-exported)
+    LOCALHOSTS,
+    LOGIN_ATTRIBUTES,
+    NodeError,
+    make_transport,
+)
 from nepi_prefect.transport.base import Transport, TransportError
-from nepi_prefect.transport.credentials import resolve_credentials
-from nepi_prefect.transport.local import LocalTransport
-from nepi_prefect.transport.ssh import SSHConfig, SSHTransport
-
-LOCALHOSTS = ("localhost",)
-
-
-class NodeError(RuntimeError):
-    """The node cannot be used (unreachable, refused host key, bad setup)."""
 
 
 @clsinit_copy
@@ -110,6 +109,7 @@ class LinuxNode(ResourceManager):
         self._waiting: list[Callable[[], None]] = []
         self._host_failure: tuple[str, str] | None = None  # (kind, detail)
         self._facts: BackgroundFacts | None = None
+        self._note: str | None = None  # this run's note of its processes here (lostruns)
 
     # -- where things live -----------------------------------------------------
     @property
@@ -191,6 +191,7 @@ class LinuxNode(ResourceManager):
         """The monitor found the host gone for good: the node and every RM on it FAIL
         with ``reason`` (which names the node and the cause), on the dispatcher."""
         self._host_failure = ("lost", reason)
+        lostruns.mark_lost(self._note)  # the next run on this host kills what is left
         self.ec.schedule("0s", functools.partial(self._lose, reason))
 
     def _lose(self, reason: str) -> None:
@@ -228,33 +229,8 @@ class LinuxNode(ResourceManager):
 
     # -- connection ---------------------------------------------------------------
     def _make_transport(self) -> Transport:
-        if self.is_localhost:
-            return LocalTransport()
-        host = self.get("hostname")
-        if not host:
-            raise NodeError(f"LinuxNode {self.guid}: set 'hostname' (or 'localhost')")
-        cfg = SSHConfig(
-            host=host, port=self.get("port"), username=self.get("username"),
-            key_filename=self.get("identity"), password=self.get("password"),
-            known_hosts=self.get("knownHosts"), accept_unknown=self.get("acceptUnknownHostKeys"),
-            connect_timeout=self.get("connectTimeout"), max_channels=self.get("maxChannels"),
-            gateway=self.get("gateway"), gateway_user=self.get("gatewayUser"),
-            gateway_port=self.get("gatewayPort"))
-        if self.get("credentials"):
-            self._apply_credentials(cfg, self.get("credentials"))
-        return SSHTransport(cfg)
-
-    def _apply_credentials(self, cfg: SSHConfig, name: str) -> None:
-        """Fill what the saved credentials give and the attributes left unset."""
-        creds = resolve_credentials(name)
-        for secret in (creds.get("password"), creds.get("private_key")):
-            if secret:
-                self.ec.register_secret(secret)
-        cfg.username = cfg.username or creds.get("username")
-        cfg.password = cfg.password or creds.get("password")
-        if creds.get("private_key") and not cfg.key_filename:
-            cfg.pkey = _load_pkey(creds["private_key"], name)
-        cfg.known_hosts_text = creds.get("known_hosts")
+        values = {name: self.get(name) for name in LOGIN_ATTRIBUTES}
+        return make_transport(values, self.guid, self.ec.register_secret)
 
     def do_deploy(self) -> None:
         self._transport = self._make_transport()
@@ -263,11 +239,17 @@ class LinuxNode(ResourceManager):
         home = shlex.quote(self.get("home")) if self.get("home") else '"$HOME"'
         probe = (f'h={home}; h="${{h:-/tmp}}"; echo "$h"; echo "$EUID"; '
                  f"command -v apt-get || command -v dnf || command -v yum || echo")
+        # what lost (or, with cleanProcesses, crashed) runs left on this host: killed now
+        stale = lostruns.leftovers(self._transport.label, bool(self.get("cleanProcesses")))
+        if stale:
+            probe += "; " + kill_script([home for note in stale for home in note.homes])
         if not self.get("cleanHome"):
             probe += f"; {self._mkdirs('${h%/}')}"
         try:
             self._transport.connect()
-            self._transport.warm(3)  # the probe's, the batcher's and the monitor's shells
+            # the batcher's and the monitor's shells open while the probe opens its own
+            # (warming all three would make the probe wait for the slowest of them)
+            self._transport.warm(2)
             result = self._transport.run(probe, timeout=max(30.0, self.get("connectTimeout")))
         except TransportError as exc:
             self._host_failure = (exc.kind, str(exc))
@@ -282,6 +264,10 @@ class LinuxNode(ResourceManager):
         self._pkg_manager = lines[2].strip().rsplit("/", 1)[-1] or None
         if self.get("home") is None:
             self._set_value("home", self._home)
+        if stale:
+            self.info(lostruns.settled(stale, lines))
+        self._note = lostruns.remember(self._transport.label, self.ec.exp_id, self.ec.run_id,
+                                       self.guid, self._homes())
         try:
             if self.get("cleanHome"):
                 prep = (f"h={shlex.quote(self._home.rstrip('/'))}; "
@@ -296,6 +282,9 @@ class LinuxNode(ResourceManager):
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
         self._wake_waiting()
+
+    def _homes(self) -> list[str]:
+        return [self.run_home(rm) for rm in self.get_connected()]
 
     def _mkdirs(self, home: str) -> str:
         """mkdir of this run's directory and of the run_home of every RM on the node
@@ -341,6 +330,31 @@ class LinuxNode(ResourceManager):
             self.transport.run(cmd, timeout=1800).check(f"installing {', '.join(todo)}")
             self._installed.update(todo)
 
+    # -- attach: a run whose controller died ----------------------------------------------
+    def reattach(self, record: dict) -> bool:
+        """Log in again to the host of the run (``ExperimentController.attach``), with
+        the home it used; an unreachable host raises (attach FAILS the node)."""
+        node_home = record.get("node_home") or ""
+        if not node_home.endswith("/.nepi-prefect"):
+            return False  # never deployed: nothing of it on a host
+        self._home = node_home[: -len("/.nepi-prefect")]
+        self._transport = self._make_transport()
+        # the dead controller's note: dropped at this release, once the host is clean
+        self._note = lostruns.note_path(self._transport.label, self.ec.exp_id, self.ec.run_id,
+                                        self.guid)
+        try:
+            self._transport.connect()
+            result = self._transport.run('echo "$EUID"', timeout=max(30.0, self.get("connectTimeout")))
+        except TransportError as exc:
+            self._host_failure = (exc.kind, str(exc))
+            self._transport.close()
+            self._transport = None
+            lostruns.mark_lost(self._note)  # the next run on the host kills what is left
+            raise NodeError(f"host unreachable: {exc}") from None
+        self._is_root = result.stdout.strip() == "0"
+        self.info(f"re-attached to {self._transport.label}; home {self._home}")
+        return True
+
     # -- release ----------------------------------------------------------------------
     def release_after(self) -> list[int]:
         """Every RM connected to the node releases before it."""
@@ -360,6 +374,11 @@ class LinuxNode(ResourceManager):
                 self._facts.result()  # before the transport closes under it
             if self._transport is not None and self._home is not None:
                 self._clean_up()
+                if self._host_failure is not None and self._host_failure[0] == "lost":
+                    # the host is back: kill what the apps' releases could not reach
+                    self.transport.run(kill_script(self._homes()), timeout=120).check(
+                        f"killing the lost run's processes on {self.transport.label}")
+                lostruns.forget(self._note)
         except Exception as exc:
             self.error(f"clean-up on release failed: {exc}")
         finally:
@@ -378,20 +397,3 @@ class LinuxNode(ResourceManager):
             steps.append(self._remove_tree(self.exp_home))
         if steps:
             self.transport.run("; ".join(steps), timeout=120)
-
-
-def _load_pkey(text: str, name: str):
-    """A paramiko key from PEM/OpenSSH text; the error names the credentials, not the key."""
-    import io
-
-    import paramiko
-
-    for kind in (paramiko.Ed25519Key, paramiko.RSAKey, paramiko.ECDSAKey):
-        try:
-            return kind.from_private_key(io.StringIO(text))
-        except Exception:
-            continue
-    raise NodeError(f"credentials {name!r}: the private key could not be read "
-                    f"(unsupported type or encrypted)")
-
-

@@ -4,6 +4,7 @@ wait returns within a bound, and the summary says FAILED."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,37 +15,13 @@ import pytest
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceState as S
-from tests.fixtures.sshd import SSHD, node_attrs, start_sshd, without_login_rc
+from nepi_prefect.orchestration.recorder import PrefectRecorder
+from tests.faults.common import bounded, no_process_left, prefect_final, summary_on_disk
+from tests.fixtures.sshd import kill_for_good, node_attrs, restart_sshd, start_sshd
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.ssh
 LOST_AFTER = 3.0  # NEPI_PREFECT_NODE_LOST_AFTER for the test: reconnects stop after this
-
-
-def _sshd_pids(master: int) -> list[int]:
-    """The sshd master and its per-connection sshd processes (not the apps they ran)."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True,
-                         text=True).stdout
-    rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-    children: dict[int, list[tuple[int, str]]] = {}
-    for pid, ppid, comm in rows:
-        children.setdefault(int(ppid), []).append((int(pid), comm.strip()))
-    found, todo = [master], [master]
-    while todo:
-        for pid, comm in children.get(todo.pop(), []):
-            if comm.startswith("sshd"):
-                found.append(pid)
-                todo.append(pid)
-    return found
-
-
-def _kill_for_good(server) -> None:
-    for pid in _sshd_pids(server.proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    server.proc.wait(10)
 
 
 def _node_with_apps(ec, server, commands: list[str]) -> tuple[int, list[int]]:
@@ -76,7 +53,7 @@ def test_sshd_killed_for_good_fails_node_and_apps(tmp_path, monkeypatch):
         ec.deploy()
         assert ec.wait_started(apps, timeout=60)
         assert wait_until(lambda: _pgrep(marker).count(marker) == 5, timeout=30)
-        _kill_for_good(server)
+        kill_for_good(server)
         lost_at = time.monotonic()
         assert ec.wait_finished(apps, timeout=90), [ec.state(a, hr=True) for a in apps]
         waited = time.monotonic() - lost_at
@@ -120,15 +97,12 @@ def test_sshd_back_within_the_grace_is_survived(tmp_path, monkeypatch):
         node, apps = _node_with_apps(ec, server, ["sleep 6"] * 3)
         ec.deploy()
         assert ec.wait_started(apps, timeout=60)
-        _kill_for_good(server)
+        kill_for_good(server)
         down_until = time.monotonic() + 1.5  # a few failed polls while the host is down
         while time.monotonic() < down_until:
             assert [ec.state(a) for a in apps] == [S.STARTED] * 3
             time.sleep(0.1)
-        server.proc = subprocess.Popen(
-            without_login_rc([SSHD, "-D", "-e", "-f", os.path.join(server.workdir, "sshd_config")],
-                             server.workdir),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        restart_sshd(server)
         assert ec.wait_finished(apps, timeout=90)
         assert [ec.state(a) for a in apps] == [S.FINISHED] * 3, \
             [ec.get_resource(a).failure for a in apps]
@@ -155,7 +129,7 @@ def test_a_lost_node_that_is_not_critical_fails_alone(tmp_path, monkeypatch):
         _, b_apps = _node_with_apps(ec, kept, ["sleep 8"])
         ec.deploy()
         assert ec.wait_started(a_apps + b_apps, timeout=60)
-        _kill_for_good(lost)
+        kill_for_good(lost)
         assert ec.wait(a_apps, timeout=LOST_AFTER + 60)
         # the apps end the wait; the node fails right after them, in the same task
         assert wait_until(lambda: all(ec.get_resource(g).failed_time for g in [a] + a_apps),
@@ -172,3 +146,91 @@ def test_a_lost_node_that_is_not_critical_fails_alone(tmp_path, monkeypatch):
     assert summary["state"] == "COMPLETED", summary["failure"]
     hosts = {h["guid"]: h for h in summary["hosts"]}
     assert hosts[a]["reason"] == "lost" and f"{lost.host}:{lost.port}" in hosts[a]["detail"]
+
+
+def _lost_run(tmp_path, monkeypatch, server, marker: str, critical: bool = True,
+              recorder: Recorder | None = None) -> ExperimentController:
+    """A run whose node was declared lost while 3 apps ran (they still run). A critical
+    node's loss aborts the run, which releases everything at once (the host still down);
+    a non-critical one's RMs are released at shutdown."""
+    monkeypatch.setenv("NEPI_PREFECT_NODE_LOST_AFTER", str(LOST_AFTER))
+    monkeypatch.setenv("NEPI_PREFECT_LOST_RUNS", str(tmp_path / "host-runs"))
+    ec = ExperimentController(exp_id=f"node-lost-kill-{marker[-8:]}",
+                              local_dir=str(tmp_path / "results"), recorder=recorder or Recorder())
+    node, apps = _node_with_apps(ec, server, [f"echo out-{i}; exec -a {marker}-{i} sleep 300"
+                                              for i in range(3)])
+    for guid in [node] + apps:
+        ec.set(guid, "critical", critical)
+    ec.deploy()
+    assert ec.wait_started(apps, timeout=60)
+    wait_until(lambda: _pgrep(marker).count(marker) == 3, timeout=30)
+    kill_for_good(server)
+    with bounded(LOST_AFTER + 60, "the waits on a lost node"):
+        assert ec.wait(apps, timeout=LOST_AFTER + 120)
+    # the apps end the wait; the node fails right after them, in the same task
+    wait_until(lambda: ec.get_resource(node).failed_time, timeout=30)
+    assert _pgrep(marker).count(marker) == 3  # the loss itself kills nothing
+    return ec
+
+
+def test_a_lost_hosts_processes_are_killed_when_it_is_back_before_release(tmp_path, monkeypatch):
+    server = start_sshd(str(tmp_path))
+    marker = f"nepi-lostkill-{os.urandom(4).hex()}"
+    ec = None
+    try:
+        ec = _lost_run(tmp_path, monkeypatch, server, marker, critical=False)
+        assert ec.state(ec.resources[0]) == S.FAILED  # not released yet
+        restart_sshd(server)  # the host is back before the release
+        ec.shutdown()
+        assert wait_until(lambda: marker not in _pgrep(marker), timeout=30), _pgrep(marker)
+        assert [r["state"] for r in ec.summary()["resources"]] == ["FAILED"] * 4
+        assert not list((tmp_path / "host-runs").rglob("*.json"))  # nothing left to kill
+    finally:
+        if ec is not None:
+            ec.shutdown()
+        subprocess.run(["pkill", "-KILL", "-f", marker])
+        server.stop()
+
+
+@pytest.mark.prefect
+@pytest.mark.timeout(600)
+def test_a_lost_runs_processes_are_killed_by_the_next_run_on_the_host(tmp_path, monkeypatch,
+                                                                     prefect_server):
+    """sshd killed for good: the run ends FAILED (summary.json and Prefect); the apps'
+    outputs stay on the host; the next run there, once it is back, kills the processes."""
+    server = start_sshd(str(tmp_path))
+    marker = f"nepi-lostkill-{os.urandom(4).hex()}"
+    try:
+        ec = _lost_run(tmp_path, monkeypatch, server, marker,
+                       recorder=PrefectRecorder(timeout=120))
+        with bounded(120, "shutdown with the host down"):
+            ec.shutdown()  # the host is still down: its release cannot kill them
+        assert _pgrep(marker).count(marker) == 3
+        summary = summary_on_disk(ec.run_dir)
+        assert summary["state"] == "FAILED" and "LinuxNode 1" in summary["failure"]
+        state, message = prefect_final(ec.exp_id)
+        assert state == "FAILED" and "lost" in message, message
+        notes = list((tmp_path / "host-runs").rglob("*.json"))
+        assert len(notes) == 1 and '"lost": true' in notes[0].read_text()
+        restart_sshd(server)
+        assert _pgrep(marker).count(marker) == 3
+        # the next run on that host (no cleanProcesses needed for a lost run's leftovers)
+        nxt = ExperimentController(exp_id="next-run", local_dir=str(tmp_path / "results"),
+                                   recorder=Recorder())
+        try:
+            _, apps = _node_with_apps(nxt, server, ["true"])
+            nxt.deploy()
+            assert nxt.wait_finished(apps, timeout=60)
+            no_process_left(marker)
+        finally:
+            nxt.shutdown()
+        assert nxt.summary()["state"] == "COMPLETED"
+        assert not list((tmp_path / "host-runs").rglob("*.json"))
+        # no trace lost: what the lost apps printed is still on the host
+        homes = [r["run_home"] for r in json.load(open(os.path.join(
+            ec.run_dir, "run-state.json")))["resources"] if r.get("run_home")]
+        assert sorted(open(f"{h}/stdout").read() for h in homes) == \
+            [f"out-{i}\n" for i in range(3)]
+    finally:
+        subprocess.run(["pkill", "-KILL", "-f", marker])
+        server.stop()
