@@ -24,6 +24,7 @@ from nepi_prefect.orchestration.events import related
 from nepi_prefect.orchestration.journal import Contents, Journal
 
 BATCH = 500            # events or log records per request
+SETTLE = 1.0           # seconds a passing task-run state (Pending, Running) may wait for its successor
 WINDOW = 4000          # task-run events in flight (posted, not yet seen on the server)
 
 
@@ -64,6 +65,8 @@ class Delivery:
         self.flow_run_id: uuid.UUID | None = None
         self.flow_id: uuid.UUID | None = None
         self.events: list[tuple[int, dict[str, Any]]] = []
+        #: when each passing task-run state was journaled (monotonic), by journal number
+        self._passing_since: dict[int, float] = {}
         self.logs: list[tuple[int, dict[str, Any]]] = []
         self.n_events = self.n_logs = self.acked_events = self.acked_logs = 0
         self.closing: dict[str, Any] | None = None
@@ -94,6 +97,8 @@ class Delivery:
             self.n_events += 1
             self.journal.write({"k": "ev", "n": self.n_events, "e": event})
             self.events.append((self.n_events, event))
+            if _passing(event):
+                self._passing_since[self.n_events] = time.monotonic()
 
     def add_log(self, record: dict[str, Any]) -> None:
         with self.lock:
@@ -151,15 +156,22 @@ class Delivery:
                                 "flow_id": str(flow_id) if flow_id else None})
             self.journal._fh.flush()
 
-    def ship(self, stop: threading.Event | None = None) -> None:
-        """Post what is pending, oldest first, and mark it accepted. Raises on failure."""
+    def ship(self, stop: threading.Event | None = None, settle: float = 0.0) -> None:
+        """Post what is pending, oldest first, and mark it accepted. Raises on failure.
+
+        With ``settle``, a task run's Pending or Running state younger than that many
+        seconds is held back (and what follows it), so that a run ending within that
+        time goes out as one event (see :func:`_superseded`); a state that lasts is
+        shown ``settle`` seconds late."""
         with self.lock:
             superseded = _superseded(self.events)
-        while True:
+            ready = self._settled(superseded, settle)
+        while ready:
             with self.lock:
-                events = self.events[:BATCH]
+                events = self.events[:min(BATCH, ready)]
             if not events:
                 break
+            ready -= len(events)
             posting = [event for n, event in events if n not in superseded]
             if self.shipping_since is None:
                 self.shipping_since = time.monotonic()
@@ -184,10 +196,23 @@ class Delivery:
             self.api.post_logs([{**record, "flow_run_id": flow_run} for _, record in logs])
             self._accepted(logs=len(logs), upto=logs[-1][0])
 
+    def _settled(self, superseded: set[int], settle: float) -> int:
+        """How many of the pending events can go now (callers hold the lock): up to the
+        first passing state, not yet superseded, that is younger than ``settle``."""
+        if settle <= 0:
+            return len(self.events)
+        young = time.monotonic() - settle
+        for i, (n, _) in enumerate(self.events):
+            if n not in superseded and self._passing_since.get(n, young) > young:
+                return i
+        return len(self.events)
+
     def _accepted(self, upto: int, events: int = 0, logs: int = 0) -> None:
         with self.lock:
             self.accepted += events + logs
             if events:
+                for n, _ in self.events[:events]:
+                    self._passing_since.pop(n, None)
                 del self.events[:events]
                 self.acked_events = upto
             if logs:
@@ -253,6 +278,11 @@ def _superseded(events: list[tuple[int, dict[str, Any]]]) -> set[int]:
                 superseded.add(last[resource])
             last[resource] = n
     return superseded
+
+
+def _passing(event: dict[str, Any]) -> bool:
+    """A task run's Pending or Running state: one its next state usually follows soon."""
+    return event["event"] in ("prefect.task-run.Pending", "prefect.task-run.Running")
 
 
 def _task_run_id(event: dict[str, Any]) -> uuid.UUID:

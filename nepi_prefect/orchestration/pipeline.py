@@ -23,7 +23,7 @@ import httpx
 
 from nepi_prefect.execution.recording import RunState
 from nepi_prefect.orchestration import replay
-from nepi_prefect.orchestration.delivery import Delivery
+from nepi_prefect.orchestration.delivery import SETTLE, Delivery
 from nepi_prefect.orchestration.events import Snapshot, TaskRunEvents, log_record
 from nepi_prefect.orchestration.local_server import ServerError
 
@@ -133,7 +133,8 @@ class Pipeline:
                 if not connected:
                     self._connect()
                     connected = True
-                self.delivery.ship(self.stop)
+                # while the run goes on, a passing state waits a moment for its successor
+                self.delivery.ship(self.stop, settle=0.0 if closing else SETTLE)
                 if closing and self.delivery.pending == 0:
                     self.delivery.finish()
                     self.outcome.delivered = True

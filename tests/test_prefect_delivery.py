@@ -1,0 +1,76 @@
+"""Shipping a record to a real Prefect API: a passing task-run state waits a moment for its
+successor (a quick action goes out as its last state only), a state that lasts is shown."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from nepi_prefect.execution.recording import RunState
+from nepi_prefect.orchestration.delivery import Delivery, Target
+from nepi_prefect.orchestration.events import Snapshot, TaskRunEvents
+from nepi_prefect.orchestration.journal import Journal
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture
+def delivery(prefect_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEPI_PREFECT_JOURNAL", str(tmp_path / "journal"))
+    target = Target(attach="new", flow_run_name=f"settle-{uuid.uuid4().hex[:8]}", tags=["nepi-test"],
+                    parameters={}, started=datetime.now().astimezone().isoformat())
+    journal = Journal.create(uuid.uuid4().hex, target.header())
+    shipping = Delivery(journal, target)
+    shipping.connect()
+    yield shipping
+    journal.release()
+
+
+def _snap(run_id: uuid.UUID, state: RunState, started: datetime | None = None,
+          ended: datetime | None = None) -> Snapshot:
+    now = datetime.now()
+    return Snapshot(run_id, "start-app", "start", "TestRM", state, (), now, None, started, ended,
+                    "", datetime.now().astimezone(), "app")
+
+
+def _history(run_id: uuid.UUID) -> list[str]:
+    with get_client(sync_client=True) as client:
+        try:
+            return [s.type.value for s in client.read_task_run_states(run_id)]
+        except Exception:   # not on the server (yet)
+            return []
+
+
+def test_a_quick_action_goes_out_as_its_last_state(delivery):
+    events, run_id = TaskRunEvents(["nepi-test"]), uuid.uuid4()
+    delivery.add_event(events.event(_snap(run_id, RunState.PENDING)))
+    delivery.ship(settle=60)
+    assert delivery.pending == 1          # young and passing: held back, not posted
+    started = datetime.now()
+    delivery.add_event(events.event(_snap(run_id, RunState.RUNNING, started)))
+    delivery.add_event(events.event(_snap(run_id, RunState.COMPLETED, started, datetime.now())))
+    delivery.ship(settle=60)              # superseded: only the last state goes
+    assert delivery.pending == 0
+    assert wait_until(lambda: _history(run_id), 60, "the task run on the server") == ["COMPLETED"]
+
+
+def test_a_lasting_state_is_shown_once_it_has_lasted(delivery):
+    events, run_id = TaskRunEvents(["nepi-test"]), uuid.uuid4()
+    delivery.add_event(events.event(_snap(run_id, RunState.RUNNING, datetime.now())))
+    delivery.ship(settle=60)
+    assert delivery.pending == 1
+    # it is still running after the settle time: it goes out as it is
+    wait_until(lambda: delivery.ship(settle=0.2) or delivery.pending == 0, 60, "the state to settle")
+    assert wait_until(lambda: _history(run_id), 60, "the task run on the server") == ["RUNNING"]
+
+
+def test_closing_ships_everything_whatever_its_age(delivery):
+    events, run_id = TaskRunEvents(["nepi-test"]), uuid.uuid4()
+    delivery.add_event(events.event(_snap(run_id, RunState.PENDING)))
+    delivery.ship(settle=0)
+    assert delivery.pending == 0
+    assert wait_until(lambda: _history(run_id), 60, "the task run on the server") == ["PENDING"]
