@@ -226,3 +226,47 @@ def test_the_template_never_replaces_a_database(tmp_path, monkeypatch):
     assert dbtemplate.seed(fresh, {}) and (fresh / "prefect.db").read_bytes() == b"template"
     monkeypatch.setenv("NEPI_PREFECT_DB_TEMPLATE_DIR", "0")
     assert dbtemplate.template_path() is None
+
+
+MANY = """
+import sys
+from nepi_prefect.execution.ec import ExperimentController
+from nepi_prefect.execution.resource import (ResourceAction, ResourceFactory, ResourceManager,
+                                             ResourceState, clsinit_copy)
+
+@clsinit_copy
+class Trivial(ResourceManager):
+    _rtype = "DrainTrivial"
+
+ResourceFactory.register_type(Trivial)
+ec = ExperimentController(exp_id="drain")
+guids = [ec.register_resource("DrainTrivial") for _ in range(int(sys.argv[1]))]
+for guid in guids:
+    ec.register_condition(guid, ResourceAction.STOP, guid, ResourceState.STARTED)
+ec.deploy()
+ec.wait(guids, states=(ResourceState.STOPPED,), timeout=600)
+ec.shutdown()
+"""
+
+
+def test_server_stop_right_after_a_large_record_loses_no_event(local_home, tmp_path):
+    """The server writes its event feed well after the task runs; a stop waits for it."""
+    rms = 400
+    script = tmp_path / "many.py"
+    script.write_text(MANY)
+    done = subprocess.run([sys.executable, str(script), str(rms)], env=local_home.env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=DEADLINE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the record is whole (its flow run's final state is the last thing written) ...
+    _until(lambda: any(_completed(run) for run, _ in _flow_runs(local_home, "drain")),
+           "the flow run to complete")
+    # ... and the server is stopped at once
+    stopped = _run(local_home, "server", "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    with contextlib.closing(sqlite3.connect(local_home.home / "prefect.db")) as db:
+        resource_events = db.execute(
+            "SELECT count(*) FROM events WHERE event LIKE 'nepi.resource.%'").fetchone()[0]
+        task_runs = db.execute("SELECT count(*) FROM task_run").fetchone()[0]
+    # ready, started, stopped, released per RM; deploy, start, stop, release (+ the barrier)
+    assert resource_events == 4 * rms
+    assert task_runs == 4 * rms + 1

@@ -38,6 +38,8 @@ SERVICE = "nepi_prefect.orchestration.service"
 STATE_FILE = "nepi-server.json"
 LOCK_FILE = "nepi-server.lock"
 LOG_FILE = "nepi-server.log"
+DRAIN_QUIET = 2.0   # seconds without a new write before the server counts as drained
+DRAIN_CAP = 60.0    # longest wait for that before a stop
 
 #: the server settings this project needs (the caller's environment may override them)
 SERVER_ENV = {
@@ -236,10 +238,12 @@ def _warm_up(state: ServerState) -> None:
 
 
 def stop(timeout: float = 30.0) -> ServerState | None:
-    """Stop the local server (SIGTERM to its session, SIGKILL after ``timeout``)."""
+    """Stop the local server (SIGTERM to its session, SIGKILL after ``timeout``), once it
+    has written what it was sent (see :func:`_drain`)."""
     with _locked():
         state = running()
         if state is not None:
+            _drain(state.port)
             _signal(state.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while _alive(state.pid) and time.monotonic() < deadline:
@@ -249,6 +253,42 @@ def stop(timeout: float = 30.0) -> ServerState | None:
         with contextlib.suppress(FileNotFoundError):
             (home() / STATE_FILE).unlink()
         return state
+
+
+def _drain(port: int, quiet: float = DRAIN_QUIET, cap: float = DRAIN_CAP) -> None:
+    """Wait until the server's event and task-run counts have not moved for ``quiet``
+    seconds (at most ``cap``). The server queues what it is sent in memory and writes
+    it in batches, the event feed well after the task runs: stopping it at once, right
+    after a large record, dropped thousands of events that were still queued."""
+    deadline, last, since = time.monotonic() + cap, None, time.monotonic()
+    while time.monotonic() < deadline:
+        counts = _written(port)
+        if counts is None:
+            return   # not answering: nothing to wait for
+        if counts != last:
+            last, since = counts, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.5)
+
+
+def _written(port: int) -> tuple[int, int] | None:
+    """(events of the last day, task runs) on the server; None if it does not answer."""
+    day_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 86400))
+    try:
+        events = _post(port, "events/count-by/event",
+                       {"filter": {"occurred": {"since": day_ago}}, "time_unit": "hour"})
+        return sum(item["count"] for item in events), int(_post(port, "task_runs/count", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _post(port: int, path: str, body: dict) -> object:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/{path}",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def _signal(pid: int, signum: int) -> None:
