@@ -35,29 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [str(Path(sys.executable).with_name("nepi-prefect"))]
 PING = str(ROOT / "examples" / "ping.yaml")
 
-CHILD = """
-import json, sys, time
-from nepi_prefect.execution.ec import ExperimentController
-from nepi_prefect.execution.resource import (ResourceAction, ResourceFactory, ResourceManager,
-                                             ResourceState, clsinit_copy)
-
-@clsinit_copy
-class BenchTrivial(ResourceManager):
-    _rtype = "BenchTrivial"
-
-ResourceFactory.register_type(BenchTrivial)
-ec = ExperimentController(exp_id="bench-record")
-guids = [ec.register_resource("BenchTrivial") for _ in range(int(sys.argv[1]))]
-for guid in guids:
-    ec.register_condition(guid, ResourceAction.STOP, guid, ResourceState.STARTED)
-ec.deploy()
-ec.wait(guids, states=(ResourceState.STOPPED,), timeout=600)
-ec.shutdown()
-outcome = getattr(ec.recorder, "outcome", None)
-print(json.dumps({"flow_run_id": str(getattr(outcome, "flow_run_id", None)),
-                  "expected": len(getattr(outcome, "expected", {})),
-                  "delivered": bool(getattr(ec.recorder, "delivered", False))}))
-"""
+# N trivial RMs, deploy/start/stop/release; its last line: flow run id, task runs, delivered
+CHILD = [sys.executable, str(ROOT / "tests" / "fixtures" / "trivial_rms.py")]
 
 
 def free_port() -> int:
@@ -150,11 +129,11 @@ def bench_ping() -> None:
 
 
 def bench_many(n: int) -> None:
-    alone, done = timed([sys.executable, "-c", CHILD, str(n)], fresh_env("none"))
+    alone, done = timed(CHILD + [str(n), "bench-record"], fresh_env("none"))
     assert done.returncode == 0, done.stderr
     env = fresh_env()
     subprocess.run(CLI + ["server", "start"], env=env, capture_output=True, check=True)
-    recorded, done = timed([sys.executable, "-c", CHILD, str(n)], env)
+    recorded, done = timed(CHILD + [str(n), "bench-record"], env)
     exited = time.perf_counter()
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout.strip().splitlines()[-1])

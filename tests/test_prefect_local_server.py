@@ -228,33 +228,12 @@ def test_the_template_never_replaces_a_database(tmp_path, monkeypatch):
     assert dbtemplate.template_path() is None
 
 
-MANY = """
-import sys
-from nepi_prefect.execution.ec import ExperimentController
-from nepi_prefect.execution.resource import (ResourceAction, ResourceFactory, ResourceManager,
-                                             ResourceState, clsinit_copy)
 
-@clsinit_copy
-class Trivial(ResourceManager):
-    _rtype = "DrainTrivial"
-
-ResourceFactory.register_type(Trivial)
-ec = ExperimentController(exp_id="drain")
-guids = [ec.register_resource("DrainTrivial") for _ in range(int(sys.argv[1]))]
-for guid in guids:
-    ec.register_condition(guid, ResourceAction.STOP, guid, ResourceState.STARTED)
-ec.deploy()
-ec.wait(guids, states=(ResourceState.STOPPED,), timeout=600)
-ec.shutdown()
-"""
-
-
-def test_server_stop_right_after_a_large_record_loses_no_event(local_home, tmp_path):
+def test_server_stop_right_after_a_large_record_loses_no_event(local_home):
     """The server writes its event feed well after the task runs; a stop waits for it."""
     rms = 400
-    script = tmp_path / "many.py"
-    script.write_text(MANY)
-    done = subprocess.run([sys.executable, str(script), str(rms)], env=local_home.env, cwd=ROOT,
+    script = ROOT / "tests" / "fixtures" / "trivial_rms.py"
+    done = subprocess.run([sys.executable, str(script), str(rms), "drain"], env=local_home.env, cwd=ROOT,
                           capture_output=True, text=True, timeout=DEADLINE)
     assert done.returncode == 0, done.stdout + done.stderr
     # the record is whole (its flow run's final state is the last thing written) ...
