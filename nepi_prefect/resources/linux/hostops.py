@@ -33,8 +33,10 @@ from collections.abc import Callable
 
 from nepi_prefect.transport.base import Transport
 
-#: seconds a batch waits for more steps after its first one
+#: seconds a batch waits for more steps after its latest one...
 GATHER = 0.003
+#: ...and at most this long after its first (a steady stream still goes out)
+GATHER_MAX = 0.03
 #: what a step's callback gets: (exit code, output) or (None, error text)
 StepDone = Callable[[int | None, str], None]
 
@@ -81,6 +83,7 @@ class HostBatcher:
         self._on_drained = on_drained
         self._queue: list[Step] = []
         self._sending: dict[StepGroup | None, int] = {}  # batches on the wire, by group
+        self._gathering = False  # a worker is gathering the next batch
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, name=f"nepi-batch-{name}-{i}",
@@ -128,15 +131,18 @@ class HostBatcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                # one worker gathers at a time: two gathering together would split
+                # one burst into two batches (each a watcher and a sed on the host)
+                while (not self._queue or self._gathering) and not self._closed:
                     self._cond.wait()
                 if not self._queue:
                     return
-                # the apps of one dispatcher tick queue their steps within a few
-                # ms of each other: gather them into one script, not several
-                end = time.monotonic() + GATHER
-                while len(self._queue) < self.window and (left := end - time.monotonic()) > 0:
-                    self._cond.wait(left)
+                self._gathering = True
+                try:
+                    self._gather()
+                finally:
+                    self._gathering = False
+                    self._cond.notify_all()
                 batch = self._take()
                 if batch:
                     group = batch[0].group
@@ -158,6 +164,18 @@ class HostBatcher:
                 self._on_drained(group)
             except Exception:
                 logging.getLogger(__name__).exception("on_drained raised")
+
+    def _gather(self) -> None:
+        """Wait (holding ``_cond``) while steps keep coming: the apps of a burst queue
+        theirs a fraction of a ms apart, across all the hosts' apps, so the batch
+        goes GATHER after the latest step (GATHER_MAX after the first at most)."""
+        start = time.monotonic()
+        end, cap = start + GATHER, start + GATHER_MAX
+        while len(self._queue) < self.window and (left := end - time.monotonic()) > 0:
+            count = len(self._queue)
+            self._cond.wait(left)
+            if len(self._queue) > count:
+                end = min(cap, time.monotonic() + GATHER)
 
     def _take(self) -> list[Step]:
         """Up to ``window`` queued steps of the first one's group, in queue order."""
