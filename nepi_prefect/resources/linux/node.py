@@ -180,10 +180,15 @@ class LinuxNode(ResourceManager):
         return batcher is not None and batcher.pending(LAUNCH)
 
     def _drained(self, group: StepGroup | None) -> None:
-        """A batcher group drained: after the launches, the monitor polls soon."""
-        monitor = self._monitor
-        if group is LAUNCH and monitor is not None:
+        """A batcher group drained: after the launches, the monitor polls soon and the
+        host's facts are gathered (the first time)."""
+        if group is not LAUNCH:
+            return
+        monitor, facts = self._monitor, self._facts
+        if monitor is not None:
             monitor.nudge()
+        if facts is not None:
+            facts.start()
 
     def when_ready(self, callback: Callable[[], None]) -> bool:
         """True if the node is READY (or FAILED) now; else False, and ``callback`` is
@@ -290,8 +295,10 @@ class LinuxNode(ResourceManager):
         except TransportError as exc:
             self._host_failure = ("command failed", str(exc))
             raise
-        # The manifest's facts: one command over this session, off the deploy's path.
-        self._facts = BackgroundFacts(self._transport, self.get_connected(), self.warning)
+        # The manifest's facts: one command over this session, off the deploy's path and
+        # after the launches (see _drained), or at release if nothing launches here.
+        self._facts = BackgroundFacts(self._transport, self.get_connected(), self.warning,
+                                      start=False)
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
         self._wake_waiting()
@@ -384,6 +391,8 @@ class LinuxNode(ResourceManager):
             if self._batcher is not None:
                 self._batcher.close()
             if self._facts is not None:
+                if self._host_failure is not None and self._host_failure[0] == "lost":
+                    self._facts.give_up("the host was lost before its facts were gathered")
                 self._facts.result()  # before the transport closes under it
             if self._transport is not None and self._home is not None:
                 self._clean_up()
