@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from nepi_prefect.execution.resource import ResourceState
+from nepi_prefect.resources.linux.monitor import MAX_HOLD
 from nepi_prefect.resources.linux.node import AppMonitor
 from tests.helpers import add_rm, engine_ec
 
@@ -42,3 +44,35 @@ def test_the_monitor_reports_exit_codes_through_the_protocol(tmp_path):
         for w in watched:
             assert w.done.wait(30), f"{w.run_home} was never reported"
         assert [w.codes for w in watched] == [[7], [None]]
+
+
+def test_polls_wait_for_the_launches_then_come_soon_and_never_wait_forever(tmp_path):
+    """While the node's launches are on their way (``busy``) the monitor holds its
+    polls, at most MAX_HOLD; once they drained (``nudge``) it polls at once."""
+    for ec in engine_ec(tmp_path, "monitor-hold"):
+        node = add_rm(ec, "LinuxNode", hostname="localhost", home=str(tmp_path / "home"))
+        ec.deploy()
+        ec.wait_deployed([node], timeout=60)
+        launching = threading.Event()
+        launching.set()
+        monitor = AppMonitor(ec.get_resource(node), busy=launching.is_set)
+        try:
+            held, drained = tmp_path / "held", tmp_path / "drained"
+            for d in (held, drained):
+                d.mkdir()
+                (d / "exitcode").write_text("0\n")
+            # launches never drain: the end is still seen, after the hold
+            start = time.monotonic()
+            first = Watched(str(held))
+            monitor.watch(first)
+            assert first.done.wait(30), "a hold that never ends starved the poll"
+            assert time.monotonic() - start >= MAX_HOLD * 0.9
+            # a new hold, which the end of the launches cuts short
+            second = Watched(str(drained))
+            monitor.watch(second)
+            launching.clear()
+            monitor.nudge()
+            assert second.done.wait(30)
+            assert [first.codes, second.codes] == [[0], [0]]
+        finally:
+            monitor.stop()

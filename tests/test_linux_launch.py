@@ -131,3 +131,32 @@ def test_an_ended_process_waits_for_its_watcher_to_write_the_exit_code(tmp_path)
         finally:
             watcher.kill()
             watcher.wait()
+
+
+def test_run_home_holds_the_command_and_the_watcher_again_after_a_restart(tmp_path):
+    """The app's child writes ``command`` and ``watcher`` (the watcher only forks):
+    both are there, right, and fresh when a stopped app starts again."""
+    for ec in engine_ec(tmp_path, "runhome"):
+        node = add_rm(ec, "LinuxNode", hostname="localhost", home=str(tmp_path / "home"))
+        app = add_rm(ec, "LinuxApplication", node, command="echo 'a b'; sleep 60")
+        ec.deploy()
+        ec.wait_started([app], timeout=60)
+        home = ec.get_resource(app).run_home
+        first = _read(home, "watcher")
+        assert _read(home, "command") == "echo 'a b'; sleep 60\n"
+        assert first.isdigit() and first != _read(home, "pid")
+        ec.stop(app)
+        assert ec.state(app) == S.STOPPED
+        ec.start(app)
+        ec.wait_started([app], timeout=60)
+        wait_until(lambda: _read(home, "watcher") not in ("", first), 30,
+                   "the restart's watcher never wrote run_home/watcher")
+        assert _read(home, "command") == "echo 'a b'; sleep 60\n"
+
+
+def _read(home: str, name: str) -> str:
+    try:
+        with open(os.path.join(home, name)) as f:
+            return f.read().strip() if name != "command" else f.read()
+    except FileNotFoundError:
+        return ""

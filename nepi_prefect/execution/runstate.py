@@ -7,8 +7,8 @@ times and failure), connections, attributes (never a secret one) and what the
 RM reports through its public ``run_state()`` hook (a node its host and home,
 an application its run directory). ``cleanup RUN`` and ``attach RUN``
 (:mod:`.attach`) read it. Writes are atomic and at
-most one per ``interval`` seconds, made by a timer thread; the final one is
-made at shutdown.
+most one per ``interval`` seconds (more apart if a write takes long), made by
+one timer thread at a time; the final one is made at shutdown.
 """
 
 from __future__ import annotations
@@ -54,7 +54,18 @@ def resource_state(rm: ResourceManager) -> dict[str, Any]:
 
 
 class RunStateFile:
-    """Keeps ``<run_dir>/run-state.json`` up to date; ``changed()`` is cheap to call."""
+    """Keeps ``<run_dir>/run-state.json`` up to date; ``changed()`` is cheap to call.
+
+    One timer thread at a time writes it: a change during a write marks the file
+    dirty, and the write that ends reschedules itself (a change never starts a
+    second writer that would queue behind the first: at 1000 RMs whose states
+    change in bursts, those piled up by the hundred). The gap between writes is
+    ``interval``, or ``COST_FACTOR`` times what the last write took if more, so
+    the writer takes a bounded share of the CPU however many RMs there are.
+    """
+
+    #: the writer waits at least this many times its last write's duration
+    COST_FACTOR = 4.0
 
     def __init__(self, run_dir: str, document: Callable[[], dict[str, Any]],
                  logger: logging.Logger, interval: float = 0.5):
@@ -62,16 +73,19 @@ class RunStateFile:
         self._document = document
         self._logger = logger
         self._interval = interval
-        self._lock = threading.Lock()  # the timer and the closed flag; never held while writing
-        self._writing = threading.Lock()  # one write at a time
-        self._last = 0.0
+        self._lock = threading.Lock()  # the timer, dirty and closed flags; never held while writing
+        self._writing = threading.Lock()  # one write at a time (the timer's, close's)
+        self._last = 0.0  # when the last write started
+        self._cost = 0.0  # how long it took
         self._timer: threading.Timer | None = None
+        self._dirty = False
         self._closed = False
         self._warned = False
 
     def changed(self) -> None:
-        """Something changed: a timer thread writes it soon (at most once per
+        """Something changed: the timer thread writes it soon (at most once per
         ``interval``), off the caller's path (RM actions call this on every state)."""
+        self._dirty = True  # before the check: a write under way then writes again
         if self._timer is not None or self._closed:
             # A write is already due. Checked without the lock: every dispatcher thread
             # calls this, and queueing on the lock cost them more than the write itself.
@@ -79,10 +93,15 @@ class RunStateFile:
         with self._lock:
             if self._closed or self._timer is not None:
                 return
-            wait = max(0.0, self._last + self._interval - time.monotonic())
-            self._timer = threading.Timer(wait, self._timed)
-            self._timer.daemon = True
-            self._timer.start()
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """Start the timer of the next write (the caller holds ``_lock``)."""
+        gap = max(self._interval, self._cost * self.COST_FACTOR)
+        wait = max(0.0, self._last + gap - time.monotonic())
+        self._timer = threading.Timer(wait, self._timed)
+        self._timer.daemon = True
+        self._timer.start()
 
     def close(self) -> None:
         """The final write (at shutdown); later changes are not written."""
@@ -95,17 +114,22 @@ class RunStateFile:
 
     def _timed(self) -> None:
         with self._lock:
-            self._timer = None
             if self._closed:
                 return
         self._write()
+        with self._lock:  # changes made while it wrote: one more write, by a new timer
+            self._timer = None
+            if self._dirty and not self._closed:
+                self._schedule()
 
     def _write(self) -> None:
         # Reading the RMs may change a state (an RM that notices its end when read),
         # which calls changed() again: so no lock of ours but the writer's is held.
         with self._writing:
+            self._dirty = False
             self._last = time.monotonic()
             self._write_file()
+            self._cost = time.monotonic() - self._last
 
     def _write_file(self) -> None:
         try:

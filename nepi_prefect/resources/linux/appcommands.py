@@ -3,7 +3,9 @@
 **Launch.** The starts of a node's apps go out in batches (:mod:`.hostops`),
 and every batch of launches runs inside ONE *watcher*, a ``bash -s`` the
 batch starts (see :func:`_launch_batch` for why that shape). Per app, the
-watcher writes ``command``, forks once, and the child ``exec``s ``bash
+watcher forks once and writes ``pid``; the child writes ``command`` and
+``watcher`` (off the watcher's serial path, which the batch waits for: under
+load the watcher is one task among many) and ``exec``s ``bash
 ./command`` with its outputs in run_home: one fork and one exec per app, where
 a wrapper per app (``setsid sh wrapper.sh``, then ``bash``) cost three execs
 and two forks. ``set -m`` (around the fork only) gives each app its own
@@ -30,17 +32,21 @@ _WATCHER_START = (
     "unset __nepi_ws; trap '' HUP; declare -A __nepi_h; __nepi_w=$$; __nepi_nw=; "
     "(( BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1) )) "
     "&& __nepi_nw=1\n"
-    # __nepi_run STDIN SUDO NAME=value...: in the current directory (the run_home),
-    # one fork, then exec; prints the pid
-    "__nepi_run() { local i=$1 s=$2; shift 2\n"
+    # __nepi_run STDIN SUDO COMMAND NAME=value...: in the current directory (the
+    # run_home), one fork, then exec; prints the pid. The child writes ``command``
+    # and ``watcher`` itself: the watcher forks the batch's apps one after another,
+    # so what it does per app is what a batch of launches waits for
+    "__nepi_run() { local i=$1 s=$2 c=$3; shift 3\n"
     # job control only for the fork (its own process group): left on, bash would
     # forget the status of a job that ended before ``wait -n`` asks for it
     "set -m; if [ -n \"$__nepi_nw\" ]; then\n"
-    "{ export \"$@\"; exec $s bash ./command < \"$i\" > stdout 2> stderr; } &\n"
+    "{ printf '%s\\n' \"$c\" > command; echo $__nepi_w > watcher; export \"$@\"; "
+    "exec $s bash ./command < \"$i\" > stdout 2> stderr; } &\n"
     "else\n"
-    "{ export \"$@\"; $s bash ./command < \"$i\" > stdout 2> stderr; echo $? > exitcode; } &\n"
+    "{ printf '%s\\n' \"$c\" > command; echo $__nepi_w > watcher; export \"$@\"; "
+    "$s bash ./command < \"$i\" > stdout 2> stderr; echo $? > exitcode; } &\n"
     "fi; set +m\n"
-    "__nepi_h[$!]=$PWD; echo $__nepi_w > watcher; echo $! > pid; echo $!; }")
+    "__nepi_h[$!]=$PWD; echo $! > pid; echo $!; }")
 _WATCHER_END = (
     # everything is launched: let the batch return (no write after the end line:
     # sed is gone), then write each exit code
@@ -86,10 +92,9 @@ def launch_step(run_home: str, app_home: str, command: str, env: list[tuple[str,
     home, app = shlex.quote(run_home), shlex.quote(app_home)
     pairs = " ".join(shlex.quote(f"{k}={v}") for k, v in [(TAG_VAR, run_home), *env])
     return (f"{{ [ -d {home} ] && [ -d {app} ] || mkdir -p {home} {app}; }} && cd {home} && "
-            f"{{ [ ! -e exitcode ] && [ ! -e pid ] || rm -f exitcode pid; }} && "
-            f"printf '%s\\n' {shlex.quote(command)} > command && "
+            f"{{ [ ! -e exitcode ] && [ ! -e pid ] || rm -f exitcode pid watcher; }} && "
             f"__nepi_run {'stdin' if stdin else '/dev/null'} "
-            f"{shlex.quote('sudo -n -E' if sudo else '')} {pairs}")
+            f"{shlex.quote('sudo -n -E' if sudo else '')} {shlex.quote(command)} {pairs}")
 
 
 def kill_step(run_home: str, sudo: bool, graceful: bool) -> str:

@@ -208,15 +208,31 @@ def gather_facts(transport: Any, tools: Iterable[str] = DEFAULT_TOOLS,
 
 class BackgroundFacts:
     """Gathers a host's facts on a thread, so that the node's deploy does not wait
-    for them; :meth:`result` waits (bounded) for them. Errors become ``{"error": ...}``."""
+    for them; :meth:`result` waits (bounded) for them. Errors become ``{"error": ...}``.
+
+    With ``start=False`` the thread starts at :meth:`start` (or at :meth:`result`):
+    a node starts it once its launches drained, so the dozen processes of the facts
+    command do not compete with the launches for the host's CPU."""
 
     def __init__(self, transport: Any, rms: Iterable[Any], warn: Any = None,
-                 timeout: float = 15.0):
+                 timeout: float = 15.0, start: bool = True):
         self._transport, self._warn, self._timeout = transport, warn, timeout
         self._requests = fact_requests(rms)
         self._facts: dict[str, Any] = {}
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._gather, name="nepi-facts", daemon=True)
-        self._thread.start()
+        if start:
+            self.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
+    def start(self) -> None:
+        """Start gathering (once; later calls do nothing)."""
+        with self._lock:
+            if not self.started:
+                self._thread.start()
 
     def _gather(self) -> None:
         try:
@@ -226,7 +242,17 @@ class BackgroundFacts:
             if self._warn is not None:
                 self._warn(f"could not gather the host's facts: {exc}")
 
+    def give_up(self, reason: str) -> None:
+        """Never gather them (e.g. the host was lost first): the facts say why."""
+        with self._lock:
+            if not self.started:
+                self._facts = {"error": reason}
+
     def result(self) -> dict[str, Any]:
-        """The facts, once gathered (or the error; ``{}`` if still running after the timeout)."""
-        self._thread.join(self._timeout + 5)
+        """The facts, once gathered (or the error; ``{}`` if still running after the
+        timeout); starts gathering if nothing did yet (and nobody gave up)."""
+        if not self._facts:
+            self.start()
+        if self.started:
+            self._thread.join(self._timeout + 5)
         return dict(self._facts)

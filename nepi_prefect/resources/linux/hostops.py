@@ -16,7 +16,10 @@ use more than one remote core.
 
 A step may belong to a :class:`StepGroup`: the steps of a batch then all share
 it, and the group says how their script runs (the launches run theirs in one
-watcher process: see :mod:`.appcommands`).
+watcher process: see :mod:`.appcommands`). The batcher knows whether steps of
+a group are queued or on the wire (:meth:`HostBatcher.pending`) and says when a
+group drains (``on_drained``): the node's monitor holds its polls during a burst
+of launches, which a poll would only slow down (see :mod:`.monitor`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from collections.abc import Callable
 
 from nepi_prefect.transport.base import Transport
 
-#: seconds a batch waits for more steps after its first one
+#: seconds a batch waits for more steps after its latest one...
 GATHER = 0.003
+#: ...and at most this long after its first (a steady stream still goes out)
+GATHER_MAX = 0.03
 #: what a step's callback gets: (exit code, output) or (None, error text)
 StepDone = Callable[[int | None, str], None]
 
@@ -71,10 +76,14 @@ class _Waiter:
 class HostBatcher:
     """A thread per host that sends queued steps in batches over one transport."""
 
-    def __init__(self, transport: Transport, name: str, window: int = 64, workers: int = 3):
+    def __init__(self, transport: Transport, name: str, window: int = 64, workers: int = 3,
+                 on_drained: Callable[[StepGroup | None], None] | None = None):
         self.transport = transport
         self.window = max(1, window)
+        self._on_drained = on_drained
         self._queue: list[Step] = []
+        self._sending: dict[StepGroup | None, int] = {}  # batches on the wire, by group
+        self._gathering = False  # a worker is gathering the next batch
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, name=f"nepi-batch-{name}-{i}",
@@ -93,6 +102,14 @@ class HostBatcher:
                 self._cond.notify()
         if closed:
             step.done(None, "the node's connection is closed")
+
+    def pending(self, group: StepGroup | None) -> bool:
+        """True while steps of ``group`` are queued or on the wire."""
+        with self._cond:
+            return self._pending(group)
+
+    def _pending(self, group: StepGroup | None) -> bool:
+        return bool(self._sending.get(group)) or any(s.group == group for s in self._queue)
 
     def run(self, script: str, timeout: float = 5.0) -> tuple[int | None, str]:
         """Queue ``script`` and wait until its batch ran: (exit code, output), or
@@ -114,18 +131,51 @@ class HostBatcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                # one worker gathers at a time: two gathering together would split
+                # one burst into two batches (each a watcher and a sed on the host)
+                while (not self._queue or self._gathering) and not self._closed:
                     self._cond.wait()
                 if not self._queue:
                     return
-                # the apps of one dispatcher tick queue their steps within a few
-                # ms of each other: gather them into one script, not several
-                end = time.monotonic() + GATHER
-                while len(self._queue) < self.window and (left := end - time.monotonic()) > 0:
-                    self._cond.wait(left)
+                self._gathering = True
+                try:
+                    self._gather()
+                finally:
+                    self._gathering = False
+                    self._cond.notify_all()
                 batch = self._take()
+                if batch:
+                    group = batch[0].group
+                    self._sending[group] = self._sending.get(group, 0) + 1
             if batch:
-                self._send(batch)
+                try:
+                    self._send(batch)
+                finally:
+                    self._sent(group)
+
+    def _sent(self, group: StepGroup | None) -> None:
+        """A batch of ``group`` is back (its steps were told): tell ``on_drained`` if
+        it was the group's last."""
+        with self._cond:
+            self._sending[group] -= 1
+            drained = not self._pending(group)
+        if drained and self._on_drained is not None:
+            try:
+                self._on_drained(group)
+            except Exception:
+                logging.getLogger(__name__).exception("on_drained raised")
+
+    def _gather(self) -> None:
+        """Wait (holding ``_cond``) while steps keep coming: the apps of a burst queue
+        theirs a fraction of a ms apart, across all the hosts' apps, so the batch
+        goes GATHER after the latest step (GATHER_MAX after the first at most)."""
+        start = time.monotonic()
+        end, cap = start + GATHER, start + GATHER_MAX
+        while len(self._queue) < self.window and (left := end - time.monotonic()) > 0:
+            count = len(self._queue)
+            self._cond.wait(left)
+            if len(self._queue) > count:
+                end = min(cap, time.monotonic() + GATHER)
 
     def _take(self) -> list[Step]:
         """Up to ``window`` queued steps of the first one's group, in queue order."""

@@ -24,7 +24,8 @@ from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.facts import BackgroundFacts
 from nepi_prefect.resources.linux import lostruns
-from nepi_prefect.resources.linux.hostops import HostBatcher
+from nepi_prefect.resources.linux.appcommands import LAUNCH
+from nepi_prefect.resources.linux.hostops import HostBatcher, StepGroup
 from nepi_prefect.resources.linux.leftovers import kill_script
 from nepi_prefect.resources.linux.monitor import AppMonitor, WatchedProcess  # noqa: F401
 from nepi_prefect.resources.linux.processes import kill_app
@@ -161,7 +162,7 @@ class LinuxNode(ResourceManager):
     def monitor(self) -> "AppMonitor":
         with self._lock:
             if self._monitor is None:
-                self._monitor = AppMonitor(self)
+                self._monitor = AppMonitor(self, busy=self._launching)
             return self._monitor
 
     @property
@@ -169,8 +170,25 @@ class LinuxNode(ResourceManager):
         """Runs the short remote steps of the node's apps, one command per batch."""
         with self._lock:
             if self._batcher is None:
-                self._batcher = HostBatcher(self.transport, f"{self.guid}")
+                self._batcher = HostBatcher(self.transport, f"{self.guid}",
+                                            on_drained=self._drained)
             return self._batcher
+
+    def _launching(self) -> bool:
+        """Launches of the node's apps are queued or on the wire (the monitor holds)."""
+        batcher = self._batcher
+        return batcher is not None and batcher.pending(LAUNCH)
+
+    def _drained(self, group: StepGroup | None) -> None:
+        """A batcher group drained: after the launches, the monitor polls soon and the
+        host's facts are gathered (the first time)."""
+        if group is not LAUNCH:
+            return
+        monitor, facts = self._monitor, self._facts
+        if monitor is not None:
+            monitor.nudge()
+        if facts is not None:
+            facts.start()
 
     def when_ready(self, callback: Callable[[], None]) -> bool:
         """True if the node is READY (or FAILED) now; else False, and ``callback`` is
@@ -277,8 +295,10 @@ class LinuxNode(ResourceManager):
         except TransportError as exc:
             self._host_failure = ("command failed", str(exc))
             raise
-        # The manifest's facts: one command over this session, off the deploy's path.
-        self._facts = BackgroundFacts(self._transport, self.get_connected(), self.warning)
+        # The manifest's facts: one command over this session, off the deploy's path and
+        # after the launches (see _drained), or at release if nothing launches here.
+        self._facts = BackgroundFacts(self._transport, self.get_connected(), self.warning,
+                                      start=False)
         self.info(f"connected to {self._transport.label}; home {self._home}")
         super().do_deploy()
         self._wake_waiting()
@@ -371,6 +391,8 @@ class LinuxNode(ResourceManager):
             if self._batcher is not None:
                 self._batcher.close()
             if self._facts is not None:
+                if self._host_failure is not None and self._host_failure[0] == "lost":
+                    self._facts.give_up("the host was lost before its facts were gathered")
                 self._facts.result()  # before the transport closes under it
             if self._transport is not None and self._home is not None:
                 self._clean_up()
