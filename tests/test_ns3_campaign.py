@@ -52,7 +52,8 @@ def test_sweep_over_the_bottleneck_rate_fills_the_campaign_table(prefect_server,
     flow_runs = frame["flow_run_id"].tolist()
     assert all(flow_runs), "each run is a Prefect flow run"
     tables = wait_until(lambda: (t := asyncio.run(_summary_artifacts(flow_runs))) and len(t) == 2
-                        and t, 120, "a summary artifact for each run")
+                        and t, 120, lambda: "a summary artifact for each run (found "
+                        f"{len(asyncio.run(_summary_artifacts(flow_runs)))} for 2 runs)")
     sims = [next(row for row in rows if row["name"] == "sim") for rows in tables]
     assert sorted(round(s["loss_pct"]) for s in sims) == sorted(
         round(v) for v in frame["sim.loss_pct"])

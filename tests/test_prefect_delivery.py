@@ -1,13 +1,16 @@
 """Shipping a record to a real Prefect API: a passing task-run state waits a moment for its
-successor (a quick action goes out as its last state only), a state that lasts is shown."""
+successor (a quick action goes out as its last state only), a state that lasts is shown;
+a close that is tried again (in this process or by another) shows each artifact once."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from nepi_prefect.execution.recording import RunState
 from nepi_prefect.orchestration.delivery import Delivery, Target
@@ -74,3 +77,39 @@ def test_closing_ships_everything_whatever_its_age(delivery):
     delivery.ship(settle=0)
     assert delivery.pending == 0
     assert wait_until(lambda: _history(run_id), 60, "the task run on the server") == ["PENDING"]
+
+
+def _artifacts(flow_run_id: uuid.UUID) -> list[str]:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return sorted(a.key for a in found)
+
+
+def _closing(state_type: str) -> dict:
+    return {"type": state_type, "name": state_type.capitalize(), "message": "done",
+            "at": datetime.now().astimezone().isoformat(),
+            "artifacts": [{"key": "nepi-summary-t", "type": "table", "data": "[]"},
+                          {"key": "nepi-report-t", "type": "markdown", "data": "# t"}]}
+
+
+def test_a_close_tried_again_creates_each_artifact_once(delivery):
+    delivery.add_close(_closing("NOT-A-STATE"))   # the server refuses the final state...
+    with pytest.raises(httpx.HTTPStatusError):
+        delivery.finish()
+    delivery.closing = _closing("COMPLETED")      # ... and the next attempt goes through
+    delivery.finish()
+    assert _artifacts(delivery.flow_run_id) == ["nepi-report-t", "nepi-summary-t"]
+
+
+def test_a_journal_read_back_does_not_repeat_an_artifact_the_server_has(delivery):
+    # the writer created the first artifact, and died before it journaled that
+    delivery.api.create_artifact({"key": "nepi-summary-t", "type": "table", "data": "[]",
+                                  "flow_run_id": str(delivery.flow_run_id)})
+    delivery.add_close(_closing("COMPLETED"))
+    delivery.journal.release()
+    journal, contents = Journal.adopt(delivery.journal.path)
+    later = Delivery(journal, delivery.target, contents)
+    later.connect()
+    later.finish()
+    assert _artifacts(delivery.flow_run_id) == ["nepi-report-t", "nepi-summary-t"]

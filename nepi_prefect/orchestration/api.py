@@ -107,6 +107,12 @@ class PrefectAPI:
     def create_artifact(self, artifact: dict[str, Any]) -> None:
         self._post("artifacts/", artifact)
 
+    def has_artifact(self, flow_run_id: uuid.UUID, key: str) -> bool:
+        """The flow run has an artifact of that key."""
+        return bool(self._post("artifacts/filter", {
+            "artifacts": {"flow_run_id": {"any_": [str(flow_run_id)]}, "key": {"any_": [key]}},
+            "limit": 1}))
+
     def task_run_states(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
         """Task run id -> (state type, state timestamp) of those the server has."""
         found = {}

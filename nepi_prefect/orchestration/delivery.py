@@ -74,6 +74,10 @@ class Delivery:
         #: (events posted up to it, task run id, state timestamp) of each batch's last event
         self._checkpoints: collections.deque[tuple[int, uuid.UUID, str]] = collections.deque()
         self._posted = self._seen = 0
+        #: how many of the closing's artifacts the server has; whether it may have the
+        #: next one already (an attempt whose answer was lost, or a journal read back)
+        self.artifacts_done = 0
+        self._artifact_unsure = contents is not None
         #: records (events and logs) the server accepted, and when the first post began
         self.accepted = 0
         self.shipping_since: float | None = None
@@ -90,6 +94,7 @@ class Delivery:
         self.n_events = contents.events[-1][0] if contents.events else 0
         self.n_logs = contents.logs[-1][0] if contents.logs else 0
         self.closing = contents.closing
+        self.artifacts_done = contents.artifacts_done
 
     # -- journaling (callers hold no lock) -------------------------------------------
     def add_event(self, event: dict[str, Any]) -> None:
@@ -246,14 +251,30 @@ class Delivery:
     def finish(self) -> None:
         """The artifact and the final state; then the journal goes."""
         closing = self.closing
-        for artifact in closing.get("artifacts") or \
-                ([closing["artifact"]] if closing.get("artifact") else []):
-            self.api.create_artifact({**artifact, "flow_run_id": str(self.flow_run_id)})
+        artifacts = closing.get("artifacts") or \
+            ([closing["artifact"]] if closing.get("artifact") else [])
+        for done, artifact in enumerate(artifacts[self.artifacts_done:], self.artifacts_done + 1):
+            self._create_once(artifact)
+            with self.lock:
+                self.artifacts_done = done
+                self.journal.write({"k": "art", "done": done})
+                self.journal._fh.flush()
         if self.target.attach != "current":
             self.api.set_flow_run_state(self.flow_run_id, closing["type"], closing["name"],
                                         closing["message"])
         with self.lock:
             self.journal.remove()
+
+    def _create_once(self, artifact: dict[str, Any]) -> None:
+        """Create the artifact, unless an earlier attempt whose answer was lost (a
+        timeout, a 503 after the write) did: a retried close must not show the run's
+        summary twice."""
+        if self._artifact_unsure and self.api.has_artifact(self.flow_run_id, artifact["key"]):
+            self._artifact_unsure = False
+            return
+        self._artifact_unsure = True
+        self.api.create_artifact({**artifact, "flow_run_id": str(self.flow_run_id)})
+        self._artifact_unsure = False
 
     def ui_link(self) -> str | None:
         if self.api is None or self.flow_run_id is None:

@@ -44,6 +44,7 @@ class Contents:
     acked_events: int = 0
     acked_logs: int = 0
     closing: dict[str, Any] | None = None
+    artifacts_done: int = 0     # how many of the closing's artifacts the server has
 
 
 class Journal:
@@ -145,6 +146,8 @@ def read(path: Path) -> Contents | None:
             contents.acked_logs = max(contents.acked_logs, record.get("log", 0))
         elif kind == "close":
             contents.closing = record
+        elif kind == "art":
+            contents.artifacts_done = max(contents.artifacts_done, record.get("done", 0))
     return contents
 
 
