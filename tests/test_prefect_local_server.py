@@ -41,13 +41,14 @@ def _run(local, *args: str, timeout: float = DEADLINE) -> subprocess.CompletedPr
                           text=True, timeout=timeout, cwd=ROOT)
 
 
-def _flow_runs(local, tag: str):
-    """Flow runs tagged ``tag`` with their task runs; [] while the server is not up."""
+def _flow_runs(local, tag: str | None):
+    """Flow runs tagged ``tag`` (all if None) with their task runs; [] while the server is
+    not up."""
     with temporary_settings(updates={PREFECT_API_URL: local.api_url}):
         try:
             with get_client(sync_client=True) as client:
-                runs = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[tag]) if tag else None))
                 return [(run, client.read_task_runs(flow_run_filter=FlowRunFilter(
                     id=dict(any_=[run.id])), limit=200)) for run in runs]
         except httpx.TransportError:
@@ -168,6 +169,22 @@ def test_sweep_leaves_only_the_server(local_home):
     assert "Traceback" not in done.stdout + done.stderr
     assert sorted(local_home.processes()) == sorted(local_home.service())
     assert len(local_home.servers()) == 1
+
+
+def test_a_flow_called_without_an_api_runs_on_the_local_server(local_home):
+    """``python flows/experiment.py`` (a plain call of the flow) with no PREFECT_API_URL: the
+    flow run and its record go to the local server, not to a temporary API of Prefect's
+    that dies with the process (the record could not reach it: the run used to fail)."""
+    done = subprocess.run([sys.executable, str(ROOT / "flows" / "experiment.py"), PING],
+                          env=local_home.env, capture_output=True, text=True, timeout=DEADLINE,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"View at http://127.0.0.1:{local_home.port}/runs/flow-run/" in done.stdout + done.stderr
+    assert sorted(local_home.processes()) == sorted(local_home.service()), \
+        "only the documented server may outlive the flow (no temporary API of Prefect's)"
+    [(run, tasks)] = _until(lambda: [(r, t) for r, t in _flow_runs(local_home, None)
+                                     if _completed(r) and len(t) >= 10], "the flow run's record")
+    assert run.name == "ping" and {t.name for t in tasks} >= {"deploy-ping", "start-ping"}
 
 
 def test_saturated_machine_still_records(local_home):

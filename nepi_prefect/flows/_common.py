@@ -1,12 +1,37 @@
-"""What the flows share: reading the description they are given."""
+"""What the flows share: the API they run on, reading the description they are given."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from prefect.flows import Flow
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
 from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-login loaders)
+from nepi_prefect.orchestration import server
 from nepi_prefect.spec.io import apply_overrides, read_description
 from nepi_prefect.spec.models import ExperimentDescription
+
+
+class LocalServerFlow(Flow):
+    """A Prefect flow that, called in a process with no Prefect API configured, runs
+    on nepi-prefect's local server (started if need be, see ``nepi-prefect server``)
+    rather than on the temporary API Prefect would start for the process: that one
+    dies with the process (or is left behind by a kill), takes seconds to start, and
+    the experiment's record could not reach it. Where an API is configured (a worker,
+    ``PREFECT_API_URL``, a parent flow), it is a plain Prefect flow."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if get_current_settings().api.url:
+            return super().__call__(*args, **kwargs)
+        url = server.use_api()   # also for the experiment's recorder, which reads the env
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            return super().__call__(*args, **kwargs)
+
+
+def nepi_flow(**options: Any) -> Callable[[Callable[..., Any]], LocalServerFlow]:
+    """``@flow(**options)``, as a :class:`LocalServerFlow`."""
+    return lambda fn: LocalServerFlow(fn=fn, **options)
 
 
 class ExperimentFailed(RuntimeError):

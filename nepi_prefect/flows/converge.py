@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from prefect import flow
 
-from nepi_prefect.flows._common import campaign_run_name, resolve_description
+from nepi_prefect.flows._common import campaign_run_name, nepi_flow, resolve_description
 from nepi_prefect.flows.campaign import Plan, default_name
 from nepi_prefect.flows.campaign_run import Options, run_campaign
 from nepi_prefect.flows.experiment import experiment_flow, run_point
@@ -16,7 +15,7 @@ from nepi_prefect.results.tables import artifact_key
 from nepi_prefect.spec.models import ExperimentDescription
 
 
-@flow(name="nepi-converge", log_prints=True, flow_run_name=campaign_run_name("converge"))
+@nepi_flow(name="nepi-converge", log_prints=True, flow_run_name=campaign_run_name("converge"))
 def converge_flow(description: ExperimentDescription | None = None,
                   description_file: str | None = None,
                   metric: str = "ping.rtt_avg_ms",

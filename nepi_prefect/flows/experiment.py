@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 
 from nepi_prefect import settings
-from nepi_prefect.flows._common import (ExperimentFailed, description_name, resolve_description,
-                                        run_name)
+from nepi_prefect.flows._common import (ExperimentFailed, description_name, nepi_flow,
+                                        resolve_description, run_name)
 from nepi_prefect.flows.campaign_run import RunRecord
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from nepi_prefect.results.tables import flat_metrics
@@ -28,7 +28,7 @@ def _flow_run_name() -> str:
     return run_name(description_name(params), params.get("overrides"))
 
 
-@flow(name="nepi-experiment", log_prints=True, flow_run_name=_flow_run_name)
+@nepi_flow(name="nepi-experiment", log_prints=True, flow_run_name=_flow_run_name)
 def experiment_flow(description: ExperimentDescription | None = None,
                     description_file: str | None = None,
                     overrides: dict[str, Any] | None = None,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from prefect import flow
 
-from nepi_prefect.flows._common import campaign_run_name, resolve_description
+from nepi_prefect.flows._common import campaign_run_name, nepi_flow, resolve_description
 from nepi_prefect.flows.campaign import Plan, default_name
 from nepi_prefect.flows.campaign_run import Options, run_campaign
 from nepi_prefect.flows.experiment import experiment_flow, run_point
@@ -16,7 +15,7 @@ from nepi_prefect.spec.io import apply_overrides, sweep_points
 from nepi_prefect.spec.models import ExperimentDescription, SweepSpec
 
 
-@flow(name="nepi-sweep", log_prints=True, flow_run_name=campaign_run_name("sweep"))
+@nepi_flow(name="nepi-sweep", log_prints=True, flow_run_name=campaign_run_name("sweep"))
 def sweep_flow(description: ExperimentDescription | None = None,
                description_file: str | None = None,
                grid: dict[str, list[Any]] | None = None,
