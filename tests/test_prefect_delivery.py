@@ -113,3 +113,29 @@ def test_a_journal_read_back_does_not_repeat_an_artifact_the_server_has(delivery
     later.connect()
     later.finish()
     assert _artifacts(delivery.flow_run_id) == ["nepi-report-t", "nepi-summary-t"]
+
+
+def test_a_backlog_no_server_could_take_in_time_does_not_hold_the_exit(tmp_path, monkeypatch):
+    """At the close, a record far larger than any server could take before the timeout is
+    left to the journal at once (the next run's server may not even have answered yet);
+    a small one, or one there is time for, is waited for."""
+    from types import SimpleNamespace
+
+    from nepi_prefect.orchestration.recorder import _Backlog
+
+    monkeypatch.setenv("NEPI_PREFECT_JOURNAL", str(tmp_path / "journal"))
+    target = Target(attach="new", flow_run_name="backlog", tags=["nepi-test"], parameters={},
+                    started=datetime.now().astimezone().isoformat())
+    journal = Journal.create(uuid.uuid4().hex, target.header())
+    shipping = Delivery(journal, target)   # never connected: no rate to judge by
+    backlog, events = _Backlog(SimpleNamespace(delivery=shipping)), TaskRunEvents(["nepi-test"])
+    try:
+        for _ in range(1200):
+            shipping.add_event(events.event(_snap(uuid.uuid4(), RunState.COMPLETED)))
+        assert not backlog.hopeless(2.0)
+        for _ in range(9000):
+            shipping.add_event(events.event(_snap(uuid.uuid4(), RunState.COMPLETED)))
+        assert backlog.hopeless(2.0)
+        assert not backlog.hopeless(60.0)
+    finally:
+        journal.release()

@@ -29,7 +29,7 @@ from nepi_prefect.orchestration import logins  # noqa: F401  (lends the saved-lo
 from nepi_prefect.orchestration import reattach
 from nepi_prefect.orchestration.artifacts import closing_artifacts, failure_lines
 from nepi_prefect.orchestration.cancel import CancelWatch
-from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
+from nepi_prefect.orchestration.delivery import BATCH, WINDOW, Delivery, Target
 from nepi_prefect.orchestration.events import Snapshot, metric_events, resource_event, utc
 from nepi_prefect.orchestration.journal import Journal
 from nepi_prefect.orchestration.pipeline import Outcome, Pipeline
@@ -304,17 +304,26 @@ class _Backlog:
     """How fast the server takes what is left of a closed record."""
 
     JUDGE_AFTER = 0.5   # seconds of shipping before the rate means anything
+    #: events a second: more than any server was seen to take (about 300 on a 2-core
+    #: machine, see docs/prefect.md), so a backlog beyond it is hopeless without a look
+    BEST_RATE = 2000.0
 
     def __init__(self, pipeline: Pipeline):
         self.delivery = pipeline.delivery
 
     def hopeless(self, remaining: float) -> bool:
-        """At the rate the server has taken this record so far, what is pending will not
-        be accepted in ``remaining`` s."""
+        """What is pending will not be accepted in ``remaining`` s: not even by the
+        fastest server (then there is no need to see the rate: a run followed by another
+        one's record may not even have reached the API yet), or not at the rate the
+        server has taken this record so far."""
         delivery = self.delivery
         pending = delivery.pending
         # a batch or two says nothing about the rate: only a long backlog is judged
-        if pending <= 2 * BATCH or delivery.api is None or delivery.shipping_since is None:
+        if pending <= 2 * BATCH:
+            return False
+        if pending > WINDOW + self.BEST_RATE * max(remaining, 0.0):
+            return True
+        if delivery.api is None or delivery.shipping_since is None:
             return False
         elapsed = time.monotonic() - delivery.shipping_since
         if elapsed < self.JUDGE_AFTER:
