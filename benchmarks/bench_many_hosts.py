@@ -16,7 +16,12 @@ shutdown. Each measurement runs in its own subprocess, so peak memory
   timed from start to exit, with the record on (``cli``) or ``--recorder none``.
 
     python benchmarks/bench_many_hosts.py [--sizes 5x10 20x50] [--modes apssh engine prefect]
-                                          [--repeat N]
+                                          [--repeat N] [--hosts-fs journaled|root]
+
+``--hosts-fs`` (default journaled): where the hosts' homes are, a journaled ext4
+of the lab's own (like a real host's) or this machine's root file system (here an
+ext4 without a journal, where making files after many deletions costs far more,
+see docs/linux.md); the first line says which one the hosts got.
 
 With ``--repeat N`` the modes alternate N times (apssh, engine, ... again), so a
 shared machine's changing load hits them alike; each line shows the load
@@ -231,6 +236,19 @@ def _measure(lab, modes: list[str], h: int, n: int, repeat: int, env: dict[str, 
     return failed
 
 
+def _fs_of(path: str) -> str:
+    """The file system of ``path`` and whether it has a journal (ext4 without one
+    skips recently deleted inodes at each file it makes)."""
+    src = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", path],
+                         capture_output=True, text=True).stdout.split()
+    if len(src) < 2:
+        return "unknown"
+    dev = os.path.basename(os.path.realpath(src[0]))
+    journal = any(j.startswith(dev + "-") for j in os.listdir("/proc/fs/jbd2")) \
+        if os.path.isdir("/proc/fs/jbd2") else False
+    return f"{src[0]} {src[1]}, {'journal' if journal else 'no journal'}"
+
+
 def _apssh_installed() -> bool:
     try:
         import apssh  # noqa: F401
@@ -246,6 +264,9 @@ def main() -> int:
                         choices=("apssh", "engine", "prefect", "cli", "cli-none"))
     parser.add_argument("--repeat", type=int, default=1,
                         help="alternate the modes this many times (medians for the target)")
+    parser.add_argument("--hosts-fs", choices=("journaled", "root"), default="journaled",
+                        help="the hosts' homes on a journaled ext4 of their own, or on the "
+                             "root file system")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "HOSTS_JSON", "N"))
     args = parser.parse_args()
     if args.child:
@@ -264,7 +285,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="nepi-bench-many-")
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", NEPI_PREFECT_RECORDER="none")
     server = None
-    lab = start_hosts(max(h for h, _ in sizes))
+    lab = start_hosts(max(h for h, _ in sizes), fs=args.hosts_fs)
     failed = False
     try:
         if "prefect" in modes or "cli" in modes:
@@ -280,7 +301,9 @@ def main() -> int:
                 # (not Prefect's ephemeral API: its server process outlives the child)
                 print(f"no figures with the record: {str(exc).splitlines()[0]}")
                 modes = [m for m in modes if m not in ("prefect", "cli")]
-        print(f"{len(lab.hosts)} namespace hosts up ({lab.prefix}*, 10.{lab.block}.0.0/16)")
+        print(f"{len(lab.hosts)} namespace hosts up ({lab.prefix}*, 10.{lab.block}.0.0/16), "
+              f"their homes on the {'journaled ext4 of the lab' if lab.fs == 'journaled' else 'root file system'}"
+              f" ({_fs_of(lab.workdir)})", flush=True)
         for h, n in sizes:
             failed |= _measure(lab, modes, h, n, args.repeat, env, tmp)
     finally:

@@ -1,4 +1,5 @@
-"""The launch of a node's apps: one watcher per batch, one fork and one exec per app.
+"""The launch of a node's apps: one watcher per batch, one fork per app (and no exec
+but for sudo or a command that names $$).
 
 A burst of apps that end at once each gets its own exit code and output (bash
 must not forget the status of a child that ended before the watcher waits for
@@ -48,8 +49,8 @@ def test_a_burst_of_quick_apps_gets_every_exit_code_and_output(tmp_path, node_at
 def test_each_app_leads_its_own_process_group_and_the_watcher_leaves_last(tmp_path):
     for ec in engine_ec(tmp_path, "groups"):
         node = add_rm(ec, "LinuxNode", hostname="localhost", home=str(tmp_path / "home"))
-        # the app's own pid ($$ in a fresh bash) and its process group, from /proc
-        probe = "read -r -a st < /proc/$$/stat; echo $$ ${st[4]}"
+        # the app's own pid (its shell, a fork of the watcher) and its process group
+        probe = "me=$BASHPID; read -r -a st < /proc/$me/stat; echo $me ${st[4]}"
         apps = [add_rm(ec, "LinuxApplication", node, command=f"{probe}; sleep 0.{i}")
                 for i in range(1, 4)]
         ec.deploy()
@@ -142,6 +143,8 @@ def test_run_home_holds_the_command_and_the_watcher_again_after_a_restart(tmp_pa
         ec.deploy()
         ec.wait_started([app], timeout=60)
         home = ec.get_resource(app).run_home
+        # STARTED comes with the fork; the child writes both before the command runs
+        wait_until(lambda: _read(home, "stdout") == "a b", 30, "the command never ran")
         first = _read(home, "watcher")
         assert _read(home, "command") == "echo 'a b'; sleep 60\n"
         assert first.isdigit() and first != _read(home, "pid")
@@ -160,3 +163,75 @@ def _read(home: str, name: str) -> str:
             return f.read().strip() if name != "command" else f.read()
     except FileNotFoundError:
         return ""
+
+
+# What a command sees of its shell. Each app's command runs in a forked subshell of
+# its batch's watcher that sources ``command`` (no exec); a command that names $$
+# runs as ``bash ./command`` of its own. Both must look alike to the command.
+_PROBE = ("echo \"0=$0 #=$# flags=$- SHLVL=$SHLVL\"; compgen -v __nepi; compgen -A function; "
+          "trap -p; sleep 0.2 & read -r -a st < /proc/$!/stat; "
+          "[ \"${st[4]}\" = \"$BASHPID\" ] && echo same-group; wait; "
+          "kill -HUP $BASHPID; echo survived-hup; "
+          "bash -c '[ \"$NEPI_PREFECT_APP\" = \"$PWD\" ] && echo tagged; echo \"FOO=$FOO\"'; "
+          "me=$BASHPID; tr '\\0' ' ' < /proc/$me/cmdline > cmdline.txt")
+
+
+def test_a_sourced_command_sees_what_bash_command_would(tmp_path, node_attributes):
+    for ec in engine_ec(tmp_path, "sourced"):
+        node = add_rm(ec, "LinuxNode", **node_attributes)
+        sourced = add_rm(ec, "LinuxApplication", node, command=_PROBE, env="FOO='two words'")
+        execd = add_rm(ec, "LinuxApplication", node, command=_PROBE + "; : $$",
+                       env="FOO='two words'")
+        ec.deploy()
+        ec.wait_finished([sourced, execd], timeout=60)
+        outs = []
+        for app in (sourced, execd):
+            assert ec.state(app) == S.FINISHED, ec.get_resource(app).failure
+            outs.append(ec.trace(app, "stdout"))
+        assert outs[0] == outs[1]
+        lines = outs[0].splitlines()
+        assert lines[0].startswith("0=./command #=0 flags=hB "), lines[0]
+        assert "__nepi" not in outs[0]  # none of the watcher's variables or functions
+        assert lines[-4:] == ["same-group", "survived-hup", "tagged", "FOO=two words"]
+        assert ec.trace(sourced, "stderr") == ec.trace(execd, "stderr") == ""
+        # the first one did not exec: its process is a fork of the watcher
+        # (the sshd of these tests runs on this machine: run_home is readable here)
+        cmdlines = [_read(ec.get_resource(app).run_home, "cmdline.txt")
+                    for app in (sourced, execd)]
+        assert "./command" not in cmdlines[0] and "./command" in cmdlines[1], cmdlines
+
+
+@pytest.mark.parametrize("command, stdin, code, stdout", [
+    ("echo before; exit 3; echo after", None, 3, "before\n"),
+    ("exec echo via-exec; echo not-here", None, 0, "via-exec\n"),
+    ("cat; echo done", "in-1\nin-2\n", 0, "in-1\nin-2\ndone\n"),
+    ("trap 'echo bye' EXIT; echo hi", None, 0, "hi\nbye\n"),
+    ("f() { return 4; }; f || echo rc=$?; sleep 0.1 & wait $!; echo waited", None, 0,
+     "rc=4\nwaited\n"),
+], ids=["exit", "exec", "stdin", "trap", "functions-jobs"])
+def test_a_command_keeps_its_shell_semantics(tmp_path, node_attributes, command, stdin,
+                                             code, stdout):
+    for ec in engine_ec(tmp_path, "semantics"):
+        node = add_rm(ec, "LinuxNode", **node_attributes)
+        extra = {"stdin": stdin} if stdin else {}
+        app = add_rm(ec, "LinuxApplication", node, command=command, critical=False, **extra)
+        ec.deploy()
+        ec.wait_finished([app], timeout=60)
+        assert ec.trace(app, "exitcode").strip() == str(code)
+        assert ec.state(app) == (S.FINISHED if code == 0 else S.FAILED)
+        assert ec.trace(app, "stdout") == stdout
+
+
+def test_dollar_dollar_is_the_apps_own_pid(tmp_path, node_attributes):
+    """A command that names $$ runs as a bash of its own: $$ is its pid (the ``pid``
+    trace), not the watcher's, and differs from one app of a batch to the next."""
+    for ec in engine_ec(tmp_path, "dollars"):
+        node = add_rm(ec, "LinuxNode", **node_attributes)
+        apps = [add_rm(ec, "LinuxApplication", node, command="echo $$ ${$} $BASHPID")
+                for _ in range(3)]
+        ec.deploy()
+        ec.wait_finished(apps, timeout=60)
+        for app in apps:
+            assert ec.state(app) == S.FINISHED, ec.get_resource(app).failure
+            pid = ec.trace(app, "pid").strip()
+            assert ec.trace(app, "stdout").split() == [pid, pid, pid]

@@ -6,6 +6,9 @@ the summary says which hosts failed and why."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from nepi_prefect.execution.recording import Recorder
 from nepi_prefect.execution.resource import ResourceState as S
 from nepi_prefect.orchestration.artifacts import report_markdown, summary_artifact
 from nepi_prefect.util.timefuncs import tnow
+from tests.fixtures import multihost
 from tests.fixtures.multihost import (
     SilentServer,
     multihost_lab,  # noqa: F401  (the fixture)
@@ -144,3 +148,60 @@ def test_a_host_that_never_answers_does_not_hold_the_others(small_lab, tmp_path)
         assert "SSH" in report["detail"] or "timed out" in report["detail"]
     finally:
         silent.close()
+
+
+def _lab_mounts() -> set[str]:
+    """Loop devices and mounts of multihost labs on this machine."""
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f]
+    return ({line.split(":")[0] for line in loops.splitlines() if "nepi-multihost-" in line}
+            | {m for m in mounts if "nepi-multihost-" in m})
+
+
+def test_the_hosts_homes_are_on_a_journaled_fs_torn_down_with_the_lab(small_lab):
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("a journaled mount for the lab needs root and mkfs.ext4")
+    assert small_lab.fs == "journaled"
+    host = small_lab.hosts[0]
+    source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "-T", host.server.workdir],
+                            capture_output=True, text=True).stdout.strip()
+    assert source.startswith("/dev/loop")
+    assert os.path.isdir(f"/proc/fs/jbd2/{os.path.basename(source)}-8")  # a journal
+    # the host's sshd sees it: its mount namespace was copied after the mount
+    with open(f"/proc/{host.server.proc.pid}/mountinfo") as f:
+        assert any(line.split()[4] == small_lab.workdir for line in f)
+    assert f"mount {small_lab.workdir}" in small_lab.leftovers()
+
+
+def test_a_lab_is_torn_down_with_a_process_still_on_its_fs():
+    why = netns_supported()
+    if why:
+        pytest.skip(why)
+    lab = start_hosts(1)
+    # a process of the host that holds the file system (its working directory)
+    os.makedirs(lab.hosts[0].home, exist_ok=True)
+    busy = subprocess.Popen(["ip", "netns", "exec", lab.hosts[0].netns, "sleep", "600"],
+                            cwd=lab.hosts[0].home)
+    try:
+        stop_hosts(lab)
+        assert busy.wait(30) is not None
+        assert lab.leftovers() == []
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_a_lab_that_fails_to_start_leaves_no_mount(monkeypatch):
+    why = netns_supported()
+    if why:
+        pytest.skip(why)
+    before = _lab_mounts()
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("sshd refused to start")
+
+    monkeypatch.setattr(multihost, "start_netns_sshd", refuse)
+    with pytest.raises(RuntimeError, match="refused"):
+        start_hosts(2)
+    assert _lab_mounts() <= before
