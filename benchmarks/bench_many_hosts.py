@@ -9,7 +9,8 @@ shutdown. Each measurement runs in its own subprocess, so peak memory
 * ``apssh``: apssh/asynciojobs, one SshJob per command (if apssh is installed);
 * ``engine``: nepi-prefect, no record;
 * ``prefect``: nepi-prefect with the Prefect record on a local ``prefect server``
-  on a free port (started here, under a temporary PREFECT_HOME; if it does not
+  on a free port, with the settings of nepi-prefect's own local server (started
+  here, under a temporary PREFECT_HOME; if it does not
   come up within the fixture's time limit, this mode is skipped and says so);
 * ``cli`` / ``cli-none``: the whole command ``nepi-prefect run DESCRIPTION`` of a
   description of the same hosts and apps (every stdout collected and checked),
@@ -289,13 +290,15 @@ def main() -> int:
     failed = False
     try:
         if "prefect" in modes or "cli" in modes:
+            from nepi_prefect.orchestration.local_server import SERVER_ENV
             from tests.fixtures.prefect_api import free_port, launch_server
 
             home = Path(tmp) / "prefect-home"
             home.mkdir()
             port = free_port()
             try:
-                server = launch_server(home, port)
+                # the settings nepi-prefect's own local server starts with (batched writes)
+                server = launch_server(home, port, extra_env=SERVER_ENV)
                 env.update(PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
             except RuntimeError as exc:  # a loaded machine: say so, measure the rest
                 # (not Prefect's ephemeral API: its server process outlives the child)
