@@ -25,7 +25,8 @@ ext4 without a journal, where making files after many deletions costs far more,
 see docs/linux.md); the first line says which one the hosts got.
 
 With ``--repeat N`` the modes alternate N times (apssh, engine, ... again), so a
-shared machine's changing load hits them alike; each line shows the load
+shared machine's changing load hits them alike; each run starts once the record's
+server is idle (it ingests a recorded run's record for tens of seconds after it); each line shows the load
 average, and the target is checked on the medians. Targets (issue 14): at
 20x50, engine <= apssh's time, record <= apssh + 1 s, release+shutdown < 2 s.
 "release" is ec.release() (every app killed if need be, every node cleaned and
@@ -205,8 +206,25 @@ def _line(h: int, n: int, mode: str, res: dict | str) -> str:
             f"peak RSS {res['maxrss_mb']:6.1f} MB   {load}")
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _server_idle(pid: int | None, cap: float = 180.0) -> None:
+    """Until the record server is idle (under 5 % of a CPU for a second): it ingests a
+    recorded run's record for many seconds after the run, and every run measured
+    meanwhile (apssh's too) would share the machine with it."""
+    deadline = time.monotonic() + cap
+    while pid is not None and time.monotonic() < deadline:
+        before = _cpu_ticks(pid)
+        time.sleep(1.0)
+        if _cpu_ticks(pid) - before < 5:
+            return
+
+
 def _measure(lab, modes: list[str], h: int, n: int, repeat: int, env: dict[str, str],
-             tmp: str) -> bool:
+             tmp: str, server_pid: int | None = None) -> bool:
     """Every mode ``repeat`` times, alternating; prints each figure and, at 20x50,
     the target on the medians. True if something failed or missed its target."""
     hosts = [host.node_attrs() for host in lab.hosts[:h]]
@@ -214,6 +232,7 @@ def _measure(lab, modes: list[str], h: int, n: int, repeat: int, env: dict[str, 
     failed = False
     for _ in range(max(1, repeat)):
         for mode in modes:
+            _server_idle(server_pid)
             res = (_run_cli(hosts, n, env, tmp, record=(mode == "cli")) if mode.startswith("cli")
                    else _run(mode, hosts, n, env, tmp))
             print(_line(h, n, mode, res), flush=True)
@@ -308,7 +327,8 @@ def main() -> int:
               f"their homes on the {'journaled ext4 of the lab' if lab.fs == 'journaled' else 'root file system'}"
               f" ({_fs_of(lab.workdir)})", flush=True)
         for h, n in sizes:
-            failed |= _measure(lab, modes, h, n, args.repeat, env, tmp)
+            failed |= _measure(lab, modes, h, n, args.repeat, env, tmp,
+                               server.pid if server is not None else None)
     finally:
         if server is not None:
             from tests.fixtures.prefect_api import stop_server
