@@ -5,9 +5,17 @@ because pytest only accepts ``pytest_plugins`` in the top-level conftest.
 """
 
 import os
+import signal
 import tempfile
 
 import pytest
+
+# The suite sends Ctrl-C (SIGINT) to scripts and CLIs it starts. Started as a background
+# job of a non-interactive shell (`... &`, nohup), this process has SIGINT ignored and
+# every child would inherit that: they would not see the Ctrl-C. Handle it as Python does
+# when started from a terminal, so children start with the default disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Keep test runs away from the user's own Prefect database and results, and
 # keep the engine-only tests fast: Prefect tests opt in to the Prefect recorder.
