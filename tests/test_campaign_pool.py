@@ -18,7 +18,11 @@ from tests.helpers import wait_until
 from tests.fixtures.prefect_workers import (create_pool, flow_run_of, kill_marked, marked, start_worker,
                                             stop_worker)
 
-LEASE = "15"
+# Longer than the minute for which the shared test server's SQLite can stay locked under
+# load ("database is locked" after its 60 s busy timeout): a shorter lease expired while
+# the points were starting, the controller launched them again, and the worker slots were
+# all held by the first attempts, which wait for the release file
+LEASE = "90"
 
 pytestmark = [pytest.mark.prefect, pytest.mark.timeout(1800)]
 
