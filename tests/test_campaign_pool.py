@@ -72,7 +72,8 @@ def test_two_workers_share_a_campaign_and_a_killed_one_loses_nothing(prefect_ser
         return {(r["point"], r["rep"]) for r in _rows(tmp_path, name)
                 if r["state"] == "running" and r["flow_run_id"] in flow_runs}
 
-    thread = threading.Thread(target=sweep, name="pooled-sweep")
+    # a daemon: if the test fails with the sweep still going, pytest must still exit
+    thread = threading.Thread(target=sweep, name="pooled-sweep", daemon=True)
     try:
         thread.start()
         # Both workers hold points at once (each at most 2), then A dies in the middle of its.
