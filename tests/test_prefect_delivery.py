@@ -21,16 +21,20 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.prefect
 
 
+def _unconnected(tmp_path, monkeypatch, name: str) -> Delivery:
+    """A fresh record's delivery, its journal under tmp_path, not connected to any API."""
+    monkeypatch.setenv("NEPI_PREFECT_JOURNAL", str(tmp_path / "journal"))
+    target = Target(attach="new", flow_run_name=name, tags=["nepi-test"], parameters={},
+                    started=datetime.now().astimezone().isoformat())
+    return Delivery(Journal.create(uuid.uuid4().hex, target.header()), target)
+
+
 @pytest.fixture
 def delivery(prefect_server, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEPI_PREFECT_JOURNAL", str(tmp_path / "journal"))
-    target = Target(attach="new", flow_run_name=f"settle-{uuid.uuid4().hex[:8]}", tags=["nepi-test"],
-                    parameters={}, started=datetime.now().astimezone().isoformat())
-    journal = Journal.create(uuid.uuid4().hex, target.header())
-    shipping = Delivery(journal, target)
+    shipping = _unconnected(tmp_path, monkeypatch, f"settle-{uuid.uuid4().hex[:8]}")
     shipping.connect()
     yield shipping
-    journal.release()
+    shipping.journal.release()
 
 
 def _snap(run_id: uuid.UUID, state: RunState, started: datetime | None = None,
@@ -123,11 +127,7 @@ def test_a_backlog_no_server_could_take_in_time_does_not_hold_the_exit(tmp_path,
 
     from nepi_prefect.orchestration.recorder import _Backlog
 
-    monkeypatch.setenv("NEPI_PREFECT_JOURNAL", str(tmp_path / "journal"))
-    target = Target(attach="new", flow_run_name="backlog", tags=["nepi-test"], parameters={},
-                    started=datetime.now().astimezone().isoformat())
-    journal = Journal.create(uuid.uuid4().hex, target.header())
-    shipping = Delivery(journal, target)   # never connected: no rate to judge by
+    shipping = _unconnected(tmp_path, monkeypatch, "backlog")   # no rate to judge by
     backlog, events = _Backlog(SimpleNamespace(delivery=shipping)), TaskRunEvents(["nepi-test"])
     try:
         for _ in range(1200):
@@ -138,4 +138,4 @@ def test_a_backlog_no_server_could_take_in_time_does_not_hold_the_exit(tmp_path,
         assert backlog.hopeless(2.0)
         assert not backlog.hopeless(60.0)
     finally:
-        journal.release()
+        shipping.journal.release()

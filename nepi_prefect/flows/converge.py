@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-
 from nepi_prefect.flows._common import campaign_run_name, nepi_flow, resolve_description
 from nepi_prefect.flows.campaign import Plan, default_name
 from nepi_prefect.flows.campaign_run import Options, run_campaign

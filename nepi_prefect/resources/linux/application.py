@@ -3,8 +3,9 @@
 Deploy prepares the app_home (packages, sources, code, build, install: done
 once per node for the same inputs) and the run_home. Start writes the user's
 command to ``command`` in run_home and runs it there (sourced by a fork of the
-watcher, the shell ``bash ./command`` would give it), batched with the node's other launches under one watcher process that writes
-``pid`` and, when it ends, ``exitcode`` (see :mod:`.appcommands`). It runs in
+watcher, in the shell ``bash ./command`` would give it), batched with the node's
+other launches under one watcher process that writes ``pid`` and, when it
+ends, ``exitcode`` (see :mod:`.appcommands`). It runs in
 its own process group, survives a dropped connection and carries a tag (see
 :mod:`.processes`, which stop and release use to kill all of it). The node's
 monitor notices the exit and calls :meth:`LinuxApplication.on_process_exited`.
