@@ -1,6 +1,7 @@
 """Shipping a record to a real Prefect API: a passing task-run state waits a moment for its
 successor (a quick action goes out as its last state only), a state that lasts is shown;
-a close that is tried again (in this process or by another) shows each artifact once."""
+a close that is tried again (in this process or by another) shows each artifact once; the
+resource feed waits until the server has caught up with the task runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from nepi_prefect.execution.recording import RunState
-from nepi_prefect.orchestration.delivery import Delivery, Target
+from nepi_prefect.orchestration import delivery as delivery_module
+from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
 from nepi_prefect.orchestration.events import Snapshot, TaskRunEvents
 from nepi_prefect.orchestration.journal import Journal
 from tests.helpers import wait_until
@@ -139,3 +141,107 @@ def test_a_backlog_no_server_could_take_in_time_does_not_hold_the_exit(tmp_path,
         assert not backlog.hopeless(60.0)
     finally:
         shipping.journal.release()
+
+
+def _resource_event(state: str, guid: int) -> dict:
+    return {"id": str(uuid.uuid4()), "occurred": datetime.now().astimezone().isoformat(),
+            "event": f"nepi.resource.{state}", "payload": {"state": state.upper()},
+            "resource": {"prefect.resource.id": f"nepi.resource.t.r.{guid}"}, "related": []}
+
+
+def test_the_feed_is_a_journal_stream_of_its_own(tmp_path, monkeypatch):
+    """Routine resource events go to the feed, numbered and acknowledged on their own;
+    a failure and the task runs do not; a journal read back has each where it was."""
+    shipping = _unconnected(tmp_path, monkeypatch, "feed-journal")
+    events = TaskRunEvents(["nepi-test"])
+    shipping.add_event(events.event(_snap(uuid.uuid4(), RunState.COMPLETED)))
+    for guid in range(3):
+        shipping.add_event(_resource_event("ready", guid))
+    shipping.add_event(_resource_event("failed", 9))
+    assert (len(shipping.events), len(shipping.feed), shipping.pending, shipping.run_pending) == \
+        (2, 3, 5, 2)
+    shipping._accepted(feed=2, upto=2)   # as after a post of the first two
+    shipping.flush(sync=True)
+    shipping.journal.release()
+    journal, contents = Journal.adopt(shipping.journal.path)
+    try:
+        later = Delivery(journal, shipping.target, contents)
+        assert [e["event"] for _, e in later.events] == ["prefect.task-run.Completed",
+                                                         "nepi.resource.failed"]
+        assert [(n, e["payload"]["state"]) for n, e in later.feed] == [(3, "READY")]
+    finally:
+        journal.release()
+
+
+def _feed_on_server(flow_run_id: uuid.UUID) -> tuple[int, datetime | None]:
+    """How many of the run's nepi.resource events the server has, and when it received
+    the first one posted (the feed is posted in order, so: the oldest)."""
+    with get_client(sync_client=True) as client:
+        response = client._client.post("/events/filter", json={
+            "filter": {"event": {"prefix": ["nepi.resource."]}, "order": "ASC",
+                       "related": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 1})
+        response.raise_for_status()
+        page = response.json()
+    first = page["events"][0]["received"] if page["events"] else None
+    return page["total"], datetime.fromisoformat(first) if first else None
+
+
+def _task_runs_updated(flow_run_id: uuid.UUID) -> list[datetime]:
+    """When the server last wrote each of the flow run's task runs."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    found, offset = [], 0
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_run_id])), limit=200, offset=offset)
+            found += [run.updated for run in page]
+            if len(page) < 200:
+                return found
+            offset += 200
+
+
+def test_the_feed_waits_until_the_server_has_caught_up_with_the_task_runs(delivery):
+    """A burst of task runs and of routine resource events: the feed goes out only once
+    at most a batch of task runs is still to be written, so the run page fills first;
+    then the final state is set, the whole feed follows, and the journal goes."""
+    runs, events = 1200, TaskRunEvents(["nepi-test"])
+    for guid in range(runs):
+        delivery.add_event(events.event(_snap(uuid.uuid4(), RunState.COMPLETED)))
+        delivery.add_event(_resource_event("ready", guid))
+    delivery.add_close({"type": "COMPLETED", "name": "Completed", "message": "done",
+                        "at": datetime.now().astimezone().isoformat(), "artifacts": []})
+    delivery.ship()
+    assert delivery.run_pending == 0
+    assert delivery.finish() and not delivery.journal.path.exists()
+    _, first = wait_until(lambda: (found := _feed_on_server(delivery.flow_run_id))[0] == runs
+                          and found, 300, "the whole feed on the server")
+    updated = wait_until(lambda: (found := _task_runs_updated(delivery.flow_run_id))
+                         and len(found) == runs and found, 300, "every task run on the server")
+    written_before_the_feed = sum(moment < first for moment in updated)
+    assert written_before_the_feed >= runs - BATCH, (written_before_the_feed, runs)
+
+
+def test_a_journal_read_back_holds_its_feed_until_the_writers_task_runs_show(delivery,
+                                                                             monkeypatch):
+    """The process that ships a left-behind journal does not know what its writer still
+    has in the server's queue: the feed waits until the last task run the writer posted
+    shows on the server; and not forever (a server restarted meanwhile never shows it)."""
+    events = TaskRunEvents(["nepi-test"])
+    delivery.add_event(events.event(_snap(uuid.uuid4(), RunState.COMPLETED)))
+    delivery._accepted(events=1, upto=1)   # posted, the writer said; the server never wrote it
+    delivery.add_event(_resource_event("ready", 1))
+    delivery.flush(sync=True)
+    delivery.journal.release()
+    journal, contents = Journal.adopt(delivery.journal.path)
+    later = Delivery(journal, delivery.target, contents)
+    try:
+        later.connect()
+        later.ship_feed(wait=False)
+        assert len(later.feed) == 1
+        monkeypatch.setattr(delivery_module, "FEED_PATIENCE", 0.5)
+        later.ship_feed(wait=True)
+        assert not later.feed
+    finally:
+        journal.release()
+

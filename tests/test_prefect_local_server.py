@@ -247,7 +247,9 @@ def test_the_template_never_replaces_a_database(tmp_path, monkeypatch):
 
 
 def test_server_stop_right_after_a_large_record_loses_no_event(local_home):
-    """The server writes its event feed well after the task runs; a stop waits for it."""
+    """The server writes its event feed well after the task runs; a stop waits for it.
+    (The run's resource feed follows its final state: the service ships it from the
+    journal once the server has caught up with the task runs.)"""
     rms = 400
     script = ROOT / "tests" / "fixtures" / "trivial_rms.py"
     done = subprocess.run([sys.executable, str(script), str(rms), "drain"], env=local_home.env, cwd=ROOT,
@@ -256,6 +258,8 @@ def test_server_stop_right_after_a_large_record_loses_no_event(local_home):
     # the record is whole (its flow run's final state is the last thing written) ...
     _until(lambda: any(_completed(run) for run, _ in _flow_runs(local_home, "drain")),
            "the flow run to complete")
+    _until(lambda: not list((local_home.home / "nepi-journal").glob("*.jsonl")),
+           "the resource feed to leave the journal")
     # ... and the server is stopped at once
     stopped = _run(local_home, "server", "stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

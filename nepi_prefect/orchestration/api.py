@@ -4,7 +4,7 @@ Plain HTTP rather than Prefect's client: the recorder must not import Prefect
 (seconds on a busy machine) and posts events and logs in batches, which the
 public client has no call for. Endpoints as documented in Prefect 3's REST API:
 ``POST /flows/``, ``/flow_runs/``, ``/flow_runs/{id}/set_state``, ``/task_runs/``,
-``/task_runs/filter``, ``/events``, ``/logs/``, ``/artifacts/``.
+``/task_runs/filter``, ``/events``, ``/events/filter``, ``/logs/``, ``/artifacts/``.
 """
 
 from __future__ import annotations
@@ -124,3 +124,11 @@ class PrefectAPI:
                 state = run.get("state") or {}
                 found[uuid.UUID(run["id"])] = (state.get("type"), state.get("timestamp"))
         return found
+
+    def events_stored(self, ids: list[str], since: str, until: str) -> set[str]:
+        """Which of these events (that occurred between ``since`` and ``until``, ISO
+        times) the server's event persister has written."""
+        page = self._post("events/filter", {
+            "filter": {"id": {"id": ids}, "occurred": {"since": since, "until": until}},
+            "limit": len(ids)})
+        return {event["id"] for event in (page or {}).get("events", [])}

@@ -5,7 +5,14 @@ live recorder feeds it (and ships it while the experiment runs); a later
 process rebuilds it from an orphaned journal (:mod:`.replay`) and ships the
 rest. Either way: open the flow run (idempotently), post events and logs in
 order, mark what was accepted in the journal, then the artifact and the final
-state, and drop the journal.
+state; then the resource feed, and drop the journal.
+
+The resource feed (the routine ``nepi.resource.<state>`` events: ready, started,
+stopped...) is a stream of its own, posted only while the server keeps up with
+the task runs. The server's cost is per event, whatever the event (see
+docs/prefect.md): under a burst, the feed would otherwise queue ahead of the task
+runs and the run page would fill at half the speed. Failures and metrics are not
+feed: automations act on them, and they go with the task runs.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from nepi_prefect.orchestration.journal import Contents, Journal
 BATCH = 500            # events or log records per request
 SETTLE = 1.0           # seconds a passing task-run state (Pending, Running) may wait for its successor
 WINDOW = 4000          # task-run events in flight (posted, not yet seen on the server)
+FEED_WINDOW = 1000     # feed events in flight: about three seconds of a 2-core server's work
+FEED_PATIENCE = 60.0   # seconds after which the feed stops waiting for what the server should show
 
 
 @dataclass
@@ -68,12 +77,19 @@ class Delivery:
         #: when each passing task-run state was journaled (monotonic), by journal number
         self._passing_since: dict[int, float] = {}
         self.logs: list[tuple[int, dict[str, Any]]] = []
+        self.feed: list[tuple[int, dict[str, Any]]] = []
         self.n_events = self.n_logs = self.acked_events = self.acked_logs = 0
+        self.n_feed = self.acked_feed = 0
         self.closing: dict[str, Any] | None = None
         self._related: list[dict[str, str]] = []
         #: (events posted up to it, task run id, state timestamp) of each batch's last event
         self._checkpoints: collections.deque[tuple[int, uuid.UUID, str]] = collections.deque()
         self._posted = self._seen = 0
+        #: (feed events posted up to it, its last event's id and time, when posted)
+        self._feed_checkpoints: collections.deque[tuple[int, str, str, float]] = collections.deque()
+        self._feed_posted = self._feed_seen = 0
+        self._feed_held_since: float | None = None   # since when task runs hold the feed back
+        self.run_closed = False   # the artifacts and the final state are on the server
         #: how many of the closing's artifacts the server has; whether it may have the
         #: next one already (an attempt whose answer was lost, or a journal read back)
         self.artifacts_done = 0
@@ -89,16 +105,38 @@ class Delivery:
             self.flow_run_id = uuid.UUID(contents.flow["flow_run_id"])
             self.flow_id = _uuid(contents.flow.get("flow_id"))
         self.acked_events, self.acked_logs = contents.acked_events, contents.acked_logs
+        self.acked_feed = contents.acked_feed
         self.events = [item for item in contents.events if item[0] > self.acked_events]
         self.logs = [item for item in contents.logs if item[0] > self.acked_logs]
+        self.feed = [item for item in contents.feed if item[0] > self.acked_feed]
         self.n_events = contents.events[-1][0] if contents.events else 0
         self.n_logs = contents.logs[-1][0] if contents.logs else 0
+        self.n_feed = contents.feed[-1][0] if contents.feed else 0
         self.closing = contents.closing
         self.artifacts_done = contents.artifacts_done
+        self.run_closed = contents.run_closed
+        self._await_writers_task_runs(contents)
+
+    def _await_writers_task_runs(self, contents: Contents) -> None:
+        """The journal's writer posted task runs the server may not have written yet:
+        hold the feed back (as if more than a batch were in flight) until the last of
+        them that was accepted shows on the server."""
+        accepted = [event for n, event in contents.events
+                    if n <= self.acked_events and "prefect.state-timestamp" in event["resource"]]
+        if accepted:
+            last = accepted[-1]
+            self._posted = BATCH + 1
+            self._checkpoints.append((self._posted, _task_run_id(last),
+                                      last["resource"]["prefect.state-timestamp"]))
 
     # -- journaling (callers hold no lock) -------------------------------------------
     def add_event(self, event: dict[str, Any]) -> None:
         with self.lock:
+            if is_feed(event):
+                self.n_feed += 1
+                self.journal.write({"k": "fe", "n": self.n_feed, "e": event})
+                self.feed.append((self.n_feed, event))
+                return
             self.n_events += 1
             self.journal.write({"k": "ev", "n": self.n_events, "e": event})
             self.events.append((self.n_events, event))
@@ -128,6 +166,12 @@ class Delivery:
 
     @property
     def pending(self) -> int:
+        """Records not yet accepted by the server, the feed's included."""
+        return len(self.events) + len(self.logs) + len(self.feed)
+
+    @property
+    def run_pending(self) -> int:
+        """Records of the run page (task runs, logs, other events) not yet accepted."""
         return len(self.events) + len(self.logs)
 
     # -- shipping ---------------------------------------------------------------------
@@ -162,7 +206,8 @@ class Delivery:
             self.journal._fh.flush()
 
     def ship(self, stop: threading.Event | None = None, settle: float = 0.0) -> None:
-        """Post what is pending, oldest first, and mark it accepted. Raises on failure.
+        """Post what is pending, oldest first, and mark it accepted; then as much of the
+        feed as the server has room for now (:meth:`ship_feed`). Raises on failure.
 
         With ``settle``, a task run's Pending or Running state younger than that many
         seconds is held back (and what follows it), so that a run ending within that
@@ -200,6 +245,67 @@ class Delivery:
             flow_run = str(self.flow_run_id)
             self.api.post_logs([{**record, "flow_run_id": flow_run} for _, record in logs])
             self._accepted(logs=len(logs), upto=logs[-1][0])
+        self.ship_feed(stop, wait=False)
+
+    def ship_feed(self, stop: threading.Event | None = None, wait: bool = True) -> None:
+        """Post the resource feed while the server keeps up with the task runs (at
+        most FEED_WINDOW of it in flight). With ``wait``, until all of it is posted
+        (or ``stop`` is set); else only what may go now."""
+        delay = 0.05
+        while True:
+            with self.lock:
+                batch = self.feed[:BATCH]
+            if not batch:
+                return
+            if not self._feed_has_room(len(batch)):
+                if not wait or stop is not None and stop.is_set():
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            delay = 0.05
+            self.api.post_events([{**event, "related": self._related + event.get("related", [])}
+                                  for _, event in batch])
+            self._feed_posted += len(batch)
+            last = batch[-1][1]
+            self._feed_checkpoints.append((self._feed_posted, last["id"], last["occurred"],
+                                           time.monotonic()))
+            self._accepted(feed=len(batch), upto=batch[-1][0])
+
+    def _feed_has_room(self, n: int) -> bool:
+        """The server has caught up with the task runs (at most a batch of them in
+        flight) and with all but FEED_WINDOW - n of the feed."""
+        if self._task_runs_in_flight() > BATCH:
+            self._probe_task_runs()
+            now = time.monotonic()
+            if self._task_runs_in_flight() > BATCH:
+                # a server restarted meanwhile may never show them: wait, not forever
+                self._feed_held_since = self._feed_held_since or now
+                if now - self._feed_held_since < FEED_PATIENCE:
+                    return False
+            self._feed_held_since = None
+        if self._feed_posted + n - self._feed_seen <= FEED_WINDOW:
+            return True
+        self._probe_feed()
+        return self._feed_posted + n - self._feed_seen <= FEED_WINDOW
+
+    def _task_runs_in_flight(self) -> int:
+        return self._posted - self._seen if self._checkpoints else 0
+
+    def _probe_feed(self) -> None:
+        """Advance past the feed batches whose last event the server has stored (or
+        that were posted FEED_PATIENCE ago: accepted is delivered; the window only
+        paces the server)."""
+        probe = list(self._feed_checkpoints)[:20]
+        stored = self.api.events_stored([cp[1] for cp in probe], min(cp[2] for cp in probe),
+                                        max(cp[2] for cp in probe))
+        old = time.monotonic() - FEED_PATIENCE
+        while self._feed_checkpoints:
+            position, event_id, _, posted = self._feed_checkpoints[0]
+            if event_id not in stored and posted > old:
+                break
+            self._feed_seen = position
+            self._feed_checkpoints.popleft()
 
     def _settled(self, superseded: set[int], settle: float) -> int:
         """How many of the pending events can go now (callers hold the lock): up to the
@@ -212,9 +318,9 @@ class Delivery:
                 return i
         return len(self.events)
 
-    def _accepted(self, upto: int, events: int = 0, logs: int = 0) -> None:
+    def _accepted(self, upto: int, events: int = 0, logs: int = 0, feed: int = 0) -> None:
         with self.lock:
-            self.accepted += events + logs
+            self.accepted += events + logs + feed
             if events:
                 for n, _ in self.events[:events]:
                     self._passing_since.pop(n, None)
@@ -223,7 +329,11 @@ class Delivery:
             if logs:
                 del self.logs[:logs]
                 self.acked_logs = upto
-            self.journal.write({"k": "ack", "ev": self.acked_events, "log": self.acked_logs})
+            if feed:
+                del self.feed[:feed]
+                self.acked_feed = upto
+            self.journal.write({"k": "ack", "ev": self.acked_events, "log": self.acked_logs,
+                                "fe": self.acked_feed})
             self.journal._fh.flush()
 
     def _wait_for_room(self, n: int, stop: threading.Event | None) -> None:
@@ -234,22 +344,39 @@ class Delivery:
         while self._posted + n - self._seen > WINDOW and self._checkpoints:
             if stop is not None and stop.is_set():
                 return
-            probe = [cp[1] for cp in list(self._checkpoints)[:20]]
-            states = self.api.task_run_states(probe)
-            while self._checkpoints:
-                position, run_id, stamp = self._checkpoints[0]
-                seen = states.get(run_id)
-                if seen is None or seen[1] is None or \
-                        datetime.fromisoformat(seen[1]) < datetime.fromisoformat(stamp):
-                    break
-                self._seen = position
-                self._checkpoints.popleft()
+            self._probe_task_runs()
             if self._posted + n - self._seen > WINDOW:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    def finish(self) -> None:
-        """The artifact and the final state; then the journal goes."""
+    def _probe_task_runs(self) -> None:
+        """Advance past the batches whose last task run the server shows in that state."""
+        probe = [cp[1] for cp in list(self._checkpoints)[:20]]
+        states = self.api.task_run_states(probe)
+        while self._checkpoints:
+            position, run_id, stamp = self._checkpoints[0]
+            seen = states.get(run_id)
+            if seen is None or seen[1] is None or \
+                    datetime.fromisoformat(seen[1]) < datetime.fromisoformat(stamp):
+                break
+            self._seen = position
+            self._checkpoints.popleft()
+
+    def finish(self, stop: threading.Event | None = None, wait: bool = True) -> bool:
+        """The artifacts and the final state (once the rest of the run is accepted),
+        then the feed; then the journal goes. False if some of the feed is left: it
+        could not go at once (without ``wait``), or ``stop`` came first."""
+        if not self.run_closed:
+            self.close_run()
+        self.ship_feed(stop, wait=wait)
+        if self.feed:
+            return False
+        with self.lock:
+            self.journal.remove()
+        return True
+
+    def close_run(self) -> None:
+        """The artifacts and the final state: the run page is complete."""
         closing = self.closing
         artifacts = closing.get("artifacts") or \
             ([closing["artifact"]] if closing.get("artifact") else [])
@@ -263,7 +390,9 @@ class Delivery:
             self.api.set_flow_run_state(self.flow_run_id, closing["type"], closing["name"],
                                         closing["message"])
         with self.lock:
-            self.journal.remove()
+            self.run_closed = True
+            self.journal.write({"k": "closed"})   # a replay must not set the state twice
+            self.journal._fh.flush()
 
     def _create_once(self, artifact: dict[str, Any]) -> None:
         """Create the artifact, unless an earlier attempt whose answer was lost (a
@@ -299,6 +428,12 @@ def _superseded(events: list[tuple[int, dict[str, Any]]]) -> set[int]:
                 superseded.add(last[resource])
             last[resource] = n
     return superseded
+
+
+def is_feed(event: dict[str, Any]) -> bool:
+    """A routine ``nepi.resource.<state>`` event (not a failure: automations act on those)."""
+    name = event["event"]
+    return name.startswith("nepi.resource.") and name != "nepi.resource.failed"
 
 
 def _passing(event: dict[str, Any]) -> bool:

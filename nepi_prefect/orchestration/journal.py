@@ -11,9 +11,12 @@ Lines (JSON objects, ``k`` is the kind):
 
 * ``open``: the run (name, tags, parameters, where it attaches, writer pid, start)
 * ``flow``: the flow run (and flow) the server gave it
-* ``ev`` / ``log``: an event or log record, numbered ``n`` per kind
-* ``ack``: events and logs up to these numbers are on the server
+* ``ev`` / ``log`` / ``fe``: an event, a log record, or an event of the resource
+  feed (routine ``nepi.resource.<state>`` events, shipped after the rest), numbered
+  ``n`` per kind
+* ``ack``: events, logs and feed events up to these numbers are on the server
 * ``close``: the final state and the summary artifact
+* ``art`` / ``closed``: how many artifacts, and whether the final state, are on the server
 """
 
 from __future__ import annotations
@@ -41,10 +44,13 @@ class Contents:
     flow: dict[str, Any] | None = None
     events: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     logs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    feed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     acked_events: int = 0
     acked_logs: int = 0
+    acked_feed: int = 0
     closing: dict[str, Any] | None = None
     artifacts_done: int = 0     # how many of the closing's artifacts the server has
+    run_closed: bool = False    # the final state is on the server (the feed may not be)
 
 
 class Journal:
@@ -141,11 +147,16 @@ def read(path: Path) -> Contents | None:
             contents.events.append((record["n"], record["e"]))
         elif kind == "log":
             contents.logs.append((record["n"], record["l"]))
+        elif kind == "fe":
+            contents.feed.append((record["n"], record["e"]))
         elif kind == "ack":
             contents.acked_events = max(contents.acked_events, record.get("ev", 0))
             contents.acked_logs = max(contents.acked_logs, record.get("log", 0))
+            contents.acked_feed = max(contents.acked_feed, record.get("fe", 0))
         elif kind == "close":
             contents.closing = record
+        elif kind == "closed":
+            contents.run_closed = True
         elif kind == "art":
             contents.artifacts_done = max(contents.artifacts_done, record.get("done", 0))
     return contents

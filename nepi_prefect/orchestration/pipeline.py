@@ -41,7 +41,8 @@ class Outcome:
     flow_run_id: Any = None
     api_url: str | None = None
     ui_link: str | None = None
-    delivered: bool = False              # the whole record is on the server
+    delivered: bool = False              # the run's record is on the server (its feed may follow)
+    feed_left: int = 0                   # resource-feed events left to the journal at the end
     journal: str | None = None           # where it waits otherwise
     errors: list[str] = field(default_factory=list)
     #: the last state type journaled per task run (what the server should end up with)
@@ -118,8 +119,9 @@ class Pipeline:
             self.outcome.errors.append(f"sender thread failed: {exc!r}")
             log.debug("sender thread failed", exc_info=True)
         finally:
-            if not self.outcome.delivered:
+            if not self.outcome.delivered or self.delivery.feed:
                 self.journaled.wait(60)
+                self.outcome.feed_left = len(self.delivery.feed)
                 self.delivery.journal.release()
                 if self.delivery.api is not None:   # this process may live on: ship it later
                     replay.ship_orphans_in_background(self.delivery.api.url)
@@ -135,9 +137,14 @@ class Pipeline:
                     connected = True
                 # while the run goes on, a passing state waits a moment for its successor
                 self.delivery.ship(self.stop, settle=0.0 if closing else SETTLE)
-                if closing and self.delivery.pending == 0:
-                    self.delivery.finish()
+                if closing and self.delivery.run_pending == 0:
+                    # the run page first (artifacts, final state), then the rest of the feed
+                    if not self.delivery.run_closed:
+                        self.delivery.close_run()
                     self.outcome.delivered = True
+                    # The feed goes if the server has room now; the rest is safe in the
+                    # journal, shipped in the background: the exit never waits for ingest.
+                    self.delivery.finish(self.stop, wait=False)
                     return
                 delay = 0.2
             except Exception as exc:
@@ -177,7 +184,7 @@ class Pipeline:
         """What the sender is waiting for, for the user."""
         if self.delivery.api is None or self.connecting and self.delivery.flow_run_id is None:
             return "the Prefect server to answer"
-        pending = self.delivery.pending
+        pending = self.delivery.run_pending
         what = f"{pending} records" if pending else "the end of the record"
         return f"the Prefect API at {self.delivery.api.url} to accept {what}"
 

@@ -236,7 +236,8 @@ class PrefectRecorder(Recorder):
 
     @property
     def delivered(self) -> bool:
-        """The whole record is on the server (False before close)."""
+        """The run's record (task runs, logs, artifacts, final state) is on the server
+        (False before close); the resource feed may still follow from the journal."""
         return self._pipeline is not None and self._pipeline.outcome.delivered
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class _Backlog:
         one's record may not even have reached the API yet), or not at the rate the
         server has taken this record so far."""
         delivery = self.delivery
-        pending = delivery.pending
+        pending = delivery.run_pending   # the feed never holds the exit (see Pipeline)
         # a batch or two says nothing about the rate: only a long backlog is judged
         if pending <= 2 * BATCH:
             return False
@@ -355,9 +356,10 @@ def finish_background(timeout: float) -> list[str]:
         pipeline.done.wait(max(0.0, deadline - time.monotonic()))
     left = []
     for pipeline in pipelines:
-        if not pipeline.outcome.delivered:
+        if not pipeline.done.is_set():
             pipeline.stop.set()   # the sender lets the journal go, to be shipped later
             pipeline.wake()
+        if not pipeline.outcome.delivered:
             left.append(pipeline.outcome.journal)
     return left
 

@@ -129,7 +129,8 @@ def _close_as_crashed(delivery: Delivery, contents: journals.Contents) -> None:
 
 
 def _last_moment(contents: journals.Contents) -> datetime:
-    moments = [datetime.fromisoformat(e["occurred"]) for _, e in contents.events[-50:]]
+    moments = [datetime.fromisoformat(e["occurred"])
+               for _, e in contents.events[-50:] + contents.feed[-50:]]
     moments += [datetime.fromisoformat(r["timestamp"]) for _, r in contents.logs[-50:]]
     moments.append(datetime.fromisoformat(contents.header["started"]))
     return max(moments).astimezone(timezone.utc)
