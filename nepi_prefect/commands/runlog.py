@@ -53,6 +53,9 @@ def record_delivered(recorder: Any, err: Console) -> bool:
     where it waits."""
     outcome = getattr(recorder, "outcome", None)
     if outcome is None or getattr(recorder, "delivered", True):
+        if getattr(outcome, "feed_left", 0):
+            err.print(Text(f"{outcome.feed_left} resource events follow from {outcome.journal} "
+                           f"once the server has caught up", style="dim"))
         return True
     why = outcome.errors[-1] if outcome.errors else "the server did not take it in time"
     err.print(Text(f"the Prefect record is not on the server yet ({why}); it is kept in "
