@@ -205,7 +205,7 @@ class PoolLauncher:
                 self._terminal(key, row, state)
             elif state is not None and state.type in (StateType.PENDING, StateType.RUNNING):
                 if self._process_gone(key, row):
-                    self._lost(key, row, fr_id, f"its process {row['owner']} is gone: its worker died")
+                    self._lost(key, row, fr_id, f"its process {row['owner']} is gone (killed, or its worker died)")
                     continue
                 # A run beats from the start of its flow; before that a worker is still
                 # starting its process (slow on a loaded host): allow it a few leases.
