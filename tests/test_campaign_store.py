@@ -14,7 +14,8 @@ import pytest
 
 from nepi_prefect.results.campaign import campaign_frame, list_campaigns, point_stats, write_tables
 from nepi_prefect.results.stoprule import StopRule
-from nepi_prefect.results.store import CampaignStore, owner_id, point_key, run_key
+from nepi_prefect.results.store import CampaignStore, owner_dead, owner_id, point_key, run_key
+from tests.helpers import wait_until
 
 
 def _store(tmp_path, name="c1", points=(({"a.x": 1},), ({"a.x": 2},)), reps=(0, 1)) -> CampaignStore:
@@ -96,6 +97,20 @@ def test_runs_of_a_dead_process_are_reclaimed_at_once(tmp_path):
     store._conn().execute("UPDATE runs SET heartbeat = 0, started = 0 WHERE key = ?",
                           (other[0]["key"],))
     assert store.reclaim(lease=30) == [other[0]["key"]]
+
+
+def test_an_ended_process_not_reaped_yet_is_a_dead_owner():
+    # a worker's flow-run process killed with its worker waits for an init to reap it
+    host = owner_id().rpartition(":")[0]
+    child = subprocess.Popen(["true"])
+    try:
+        stat = f"/proc/{child.pid}/stat"
+        wait_until(lambda: open(stat).read().rpartition(")")[2].split()[0] == "Z", 30,
+                   "the child ended, not reaped")
+        assert owner_dead(f"{host}:{child.pid}")
+    finally:
+        child.wait(timeout=30)
+    assert owner_dead(f"{host}:{child.pid}") and not owner_dead(owner_id())
 
 
 def test_stop_rule_decisions():

@@ -25,7 +25,7 @@ from prefect.utilities.callables import parameter_schema
 
 from nepi_prefect import settings
 from nepi_prefect.flows._common import run_name
-from nepi_prefect.results.store import FAILED, RUNNING, CampaignStore
+from nepi_prefect.results.store import FAILED, RUNNING, CampaignStore, owner_dead
 
 #: how often a launch that hit a transient API error is tried, and the first back-off
 ATTEMPTS, BACKOFF = 4, 1.0
@@ -126,9 +126,10 @@ def ensure_deployment(flow: Any, pool: str) -> str:
 class PoolLauncher:
     """Each run is a flow run of ``deployment``; whichever worker of its pool is free takes it.
 
-    A run whose worker died (no heartbeat in the store for the lease while the flow run
-    is pending or running, or a Crashed flow run) is marked Crashed and dispatched
-    again, up to :data:`MAX_DISPATCHES` times. Stopping cancels the runs no worker has
+    A run whose worker died (its flow's process, a process of this host, is gone; or no
+    heartbeat in the store for the lease while the flow run is pending or running; or a
+    Crashed flow run) is marked Crashed and dispatched again, up to
+    :data:`MAX_DISPATCHES` times. Stopping cancels the runs no worker has
     taken yet and lets the running ones end.
     """
 
@@ -203,12 +204,25 @@ class PoolLauncher:
             elif state is not None and state.type in TERMINAL:
                 self._terminal(key, row, state)
             elif state is not None and state.type in (StateType.PENDING, StateType.RUNNING):
+                if self._process_gone(key, row):
+                    self._lost(key, row, fr_id, f"its process {row['owner']} is gone (killed, or its worker died)")
+                    continue
                 # A run beats from the start of its flow; before that a worker is still
                 # starting its process (slow on a loaded host): allow it a few leases.
                 since = self._active_since.setdefault((key, state.type), now)
                 allowed = self.lease if state.type == StateType.RUNNING else PENDING_LEASES * self.lease
                 if now - max(row["heartbeat"] or 0, since) > allowed:
                     self._lost(key, row, fr_id, f"no heartbeat for {allowed:g}s: its worker died")
+
+    def _process_gone(self, key: str, row: dict[str, Any]) -> bool:
+        """The run's flow has begun in a process of this host (its owner) that no longer
+        exists, and the run is still not recorded: lost now, not a lease later. The row is
+        read again after the process was found gone, as a process records its outcome
+        before it ends."""
+        if not owner_dead(row["owner"]):
+            return False
+        again = self.store.run(key)
+        return again is not None and again["state"] == RUNNING and again["owner"] == row["owner"]
 
     def _terminal(self, key: str, row: dict[str, Any], state: Any) -> None:
         if state.type in (StateType.CRASHED, StateType.CANCELLED) and row["attempt"] < MAX_DISPATCHES:

@@ -93,8 +93,8 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _owner_dead(owner: str | None) -> bool:
-    """True when ``owner`` is a process of this host that no longer exists."""
+def owner_dead(owner: str | None) -> bool:
+    """True when ``owner`` is a process of this host that no longer exists (or is a zombie)."""
     host, _, pid = (owner or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
@@ -104,7 +104,17 @@ def _owner_dead(owner: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """True when ``pid`` has ended but is not reaped yet: a worker's flow-run process whose
+    worker was killed too waits for an init to reap it, and some containers' never does."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class CampaignStore:
@@ -266,7 +276,7 @@ class CampaignStore:
             rows = db.execute("SELECT key, owner, heartbeat, started FROM runs "
                               "WHERE state = 'running'").fetchall()
             lost = [r["key"] for r in rows if r["key"] not in keep and (
-                _owner_dead(r["owner"]) or now - (r["heartbeat"] or r["started"] or 0) > lease)]
+                owner_dead(r["owner"]) or now - (r["heartbeat"] or r["started"] or 0) > lease)]
             db.executemany("UPDATE runs SET state = 'todo', owner = NULL, flow_run_id = NULL "
                            "WHERE key = ? AND state = 'running'", [(k,) for k in lost])
         return lost
@@ -287,8 +297,11 @@ class CampaignStore:
         return [r for r in (self.run(k) for k in keys) if r]
 
     def dispatched(self, key: str, flow_run_id: str) -> None:
+        """``key`` went to flow run ``flow_run_id``: no owner until that flow's process names
+        itself (:meth:`beat`). The dispatcher is not the owner: were it gone, a flow run still
+        starting would look lost."""
         with self._tx() as db:
-            db.execute("UPDATE runs SET flow_run_id = ?, heartbeat = ? WHERE key = ?",
+            db.execute("UPDATE runs SET flow_run_id = ?, heartbeat = ?, owner = NULL WHERE key = ?",
                        (flow_run_id, time.time(), key))
 
     def beat(self, keys: Iterable[str], owner: str | None = None) -> None:
