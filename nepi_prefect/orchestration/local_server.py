@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nepi_prefect import settings
+from nepi_prefect.util.procs import pid_gone
 
 log = logging.getLogger("nepi_prefect.orchestration")
 
@@ -122,14 +123,6 @@ def _alive(pid: int) -> bool:
     return SERVICE.encode() in cmdline and status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _exited(pid: int) -> bool:
-    """``pid`` is gone or a zombie. (Unlike :func:`_alive`, true of a child that was just
-    forked and has not exec'd the service yet: its cmdline is still its parent's.)"""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return status.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def healthy(api_url: str, timeout: float = 5.0) -> bool:
@@ -219,7 +212,8 @@ def _wait_healthy(state: ServerState, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.1
     while not healthy(state.api_url):
-        if _exited(state.pid):
+        # gone or a zombie (not "not _alive": a child just forked has its parent's cmdline)
+        if pid_gone(state.pid):
             raise ServerError(f"the local Prefect server exited while starting; see {log_path()}")
         if time.monotonic() >= deadline:
             raise ServerError(f"the local Prefect server on port {state.port} did not answer "

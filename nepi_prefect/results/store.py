@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from nepi_prefect import settings
+from nepi_prefect.util.procs import pid_gone
 
 TODO, RUNNING, DONE, FAILED = "todo", "running", "done", "failed"
 STATES = (TODO, RUNNING, DONE, FAILED)
@@ -98,23 +99,9 @@ def owner_dead(owner: str | None) -> bool:
     host, _, pid = (owner or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _zombie(int(pid))
-
-
-def _zombie(pid: int) -> bool:
-    """True when ``pid`` has ended but is not reaped yet: a worker's flow-run process whose
-    worker was killed too waits for an init to reap it, and some containers' never does."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+    # a zombie counts: a worker's flow-run process whose worker was killed too waits
+    # for an init to reap it, and some containers' never does
+    return pid_gone(int(pid))
 
 
 class CampaignStore:
