@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 from nepi_prefect.orchestration import server
 from nepi_prefect.orchestration.api import PrefectAPI
@@ -121,13 +121,11 @@ class Delivery:
         """The journal's writer posted task runs the server may not have written yet:
         hold the feed back (as if more than a batch were in flight) until the last of
         them that was accepted shows on the server."""
-        accepted = [event for n, event in contents.events
-                    if n <= self.acked_events and "prefect.state-timestamp" in event["resource"]]
-        if accepted:
-            last = accepted[-1]
+        last = _newest_task_run_state(event for n, event in reversed(contents.events)
+                                      if n <= self.acked_events)
+        if last is not None:
             self._posted = BATCH + 1
-            self._checkpoints.append((self._posted, _task_run_id(last),
-                                      last["resource"]["prefect.state-timestamp"]))
+            self._checkpoint(last)
 
     # -- journaling (callers hold no lock) -------------------------------------------
     def add_event(self, event: dict[str, Any]) -> None:
@@ -226,16 +224,12 @@ class Delivery:
             if self.shipping_since is None:
                 self.shipping_since = time.monotonic()
             self._wait_for_room(len(posting), stop)
-            # nepi's own events carry related resources of their own (the RM, the run)
             if posting:
-                self.api.post_events([{**event, "related": self._related + event.get("related", [])}
-                                      for event in posting])
+                self._post_events(posting)
             self._posted += len(posting)
-            last = next((e for e in reversed(posting) if "prefect.state-timestamp"
-                         in e["resource"]), None)   # the batch's last task-run event
+            last = _newest_task_run_state(reversed(posting))
             if last is not None:
-                self._checkpoints.append((self._posted, _task_run_id(last),
-                                          last["resource"]["prefect.state-timestamp"]))
+                self._checkpoint(last)
             self._accepted(events=len(events), upto=events[-1][0])
         while True:
             with self.lock:
@@ -264,13 +258,23 @@ class Delivery:
                 delay = min(delay * 2, 0.5)
                 continue
             delay = 0.05
-            self.api.post_events([{**event, "related": self._related + event.get("related", [])}
-                                  for _, event in batch])
+            self._post_events([event for _, event in batch])
             self._feed_posted += len(batch)
             last = batch[-1][1]
             self._feed_checkpoints.append((self._feed_posted, last["id"], last["occurred"],
                                            time.monotonic()))
             self._accepted(feed=len(batch), upto=batch[-1][0])
+
+    def _post_events(self, events: list[dict[str, Any]]) -> None:
+        # nepi's own events carry related resources of their own (the RM, the run)
+        self.api.post_events([{**event, "related": self._related + event.get("related", [])}
+                              for event in events])
+
+    def _checkpoint(self, last: dict[str, Any]) -> None:
+        """Events posted so far are on the server once it shows ``last``'s task run in
+        ``last``'s state."""
+        self._checkpoints.append((self._posted, _task_run_id(last),
+                                  last["resource"]["prefect.state-timestamp"]))
 
     def _feed_has_room(self, n: int) -> bool:
         """The server has caught up with the task runs (at most a batch of them in
@@ -366,8 +370,7 @@ class Delivery:
         """The artifacts and the final state (once the rest of the run is accepted),
         then the feed; then the journal goes. False if some of the feed is left: it
         could not go at once (without ``wait``), or ``stop`` came first."""
-        if not self.run_closed:
-            self.close_run()
+        self.close_run()
         self.ship_feed(stop, wait=wait)
         if self.feed:
             return False
@@ -376,7 +379,9 @@ class Delivery:
         return True
 
     def close_run(self) -> None:
-        """The artifacts and the final state: the run page is complete."""
+        """The artifacts and the final state (once): the run page is complete."""
+        if self.run_closed:
+            return
         closing = self.closing
         artifacts = closing.get("artifacts") or \
             ([closing["artifact"]] if closing.get("artifact") else [])
@@ -434,6 +439,11 @@ def is_feed(event: dict[str, Any]) -> bool:
     """A routine ``nepi.resource.<state>`` event (not a failure: automations act on those)."""
     name = event["event"]
     return name.startswith("nepi.resource.") and name != "nepi.resource.failed"
+
+
+def _newest_task_run_state(newest_first: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first task-run state event (one carrying its state's timestamp) of ``newest_first``."""
+    return next((e for e in newest_first if "prefect.state-timestamp" in e["resource"]), None)
 
 
 def _passing(event: dict[str, Any]) -> bool:

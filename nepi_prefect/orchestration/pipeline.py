@@ -139,8 +139,7 @@ class Pipeline:
                 self.delivery.ship(self.stop, settle=0.0 if closing else SETTLE)
                 if closing and self.delivery.run_pending == 0:
                     # the run page first (artifacts, final state), then the rest of the feed
-                    if not self.delivery.run_closed:
-                        self.delivery.close_run()
+                    self.delivery.close_run()
                     self.outcome.delivered = True
                     # The feed goes if the server has room now; the rest is safe in the
                     # journal, shipped in the background: the exit never waits for ingest.
