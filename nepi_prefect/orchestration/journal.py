@@ -66,18 +66,22 @@ class Journal:
         folder = Path(settings.journal_dir())
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{key}.jsonl"
-        handle = open(path, "ab")
+        # Written under another name, then renamed: a shipper never finds a journal
+        # without its header, nor takes its lock before the writer has it.
+        partial = path.with_suffix(".partial")
+        handle = open(partial, "xb")
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         journal = cls(path, handle)
         journal.write({"k": "open", **header})
         journal.sync()
+        os.rename(partial, path)
         return journal
 
     @classmethod
     def adopt(cls, path: Path) -> tuple["Journal", Contents] | None:
         """Take over an orphaned journal: None if its writer still holds it (or it is gone)."""
-        try:
-            handle = open(path, "ab")
+        try:   # never created: it may have been shipped and removed since the listing
+            handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND), "ab")
         except OSError:
             return None
         try:
@@ -89,7 +93,9 @@ class Journal:
             handle.close()
             return None
         contents = read(path)
-        if contents is None:
+        if contents is None:   # no header: an empty file an older version left behind
+            with contextlib.suppress(OSError):
+                path.unlink()
             handle.close()
             return None
         return cls(path, handle), contents
