@@ -36,6 +36,8 @@ from nepi_prefect.util.procs import pid_gone
 log = logging.getLogger("nepi_prefect.orchestration")
 
 SERVICE = "nepi_prefect.orchestration.service"
+#: ``prefect`` with garbage collection off the event loop (:mod:`.server_main` says why)
+PREFECT_SERVER = (sys.executable, "-m", "nepi_prefect.orchestration.server_main")
 STATE_FILE = "nepi-server.json"
 LOCK_FILE = "nepi-server.lock"
 LOG_FILE = "nepi-server.log"

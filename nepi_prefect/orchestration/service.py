@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     home, cli = local_server.home(), dbtemplate.prefect_cli()
     dbtemplate.seed(home, dict(os.environ))
     server = subprocess.Popen(
-        [*cli, "server", "start", "--host", "127.0.0.1", "--port", str(args.port)],
+        [*local_server.PREFECT_SERVER, "server", "start", "--host", "127.0.0.1",
+         "--port", str(args.port)],
         stdin=subprocess.DEVNULL)
     api_url = f"http://127.0.0.1:{args.port}/api"
     maker, made = None, False

@@ -1,0 +1,87 @@
+"""The local Prefect server collects garbage off its event loop (server_main).
+
+The stall it prevents, reproduced with SQLite alone: a collection on the thread
+that must commit frees a cursor whose connection is, in another thread, waiting
+in SQLite's busy handler for the lock that commit would release. The commit
+then waits for the busy timeout (8 s here; Prefect's server: 60 s).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+BUSY_TIMEOUT = 8.0
+
+STALL = f"""
+import sqlite3, sys, tempfile, threading, time, os
+from pathlib import Path
+from nepi_prefect.orchestration import server_main
+if sys.argv[1] == "background":
+    server_main.collect_in_background()
+db = os.path.join(tempfile.mkdtemp(), "db")
+writer = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout={BUSY_TIMEOUT})
+waiter = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout={BUSY_TIMEOUT})
+writer.execute("pragma journal_mode=wal")
+writer.execute("create table t(x)")
+class Cycle: pass
+garbage = Cycle(); garbage.me = garbage
+garbage.cursor = waiter.execute("select 1 union select 2")   # a statement still in use
+writer.execute("begin immediate"); writer.execute("insert into t values (1)")
+tids = []
+def wait_for_the_lock():
+    tids.append(threading.get_native_id())
+    try:
+        waiter.execute("insert into t values (2)")
+    except sqlite3.OperationalError:   # its snapshot is older than the commit
+        pass
+blocked = threading.Thread(target=wait_for_the_lock)
+blocked.start()
+def in_busy_wait():   # SQLite's busy handler sleeps: (clock_)nanosleep
+    return tids and Path(f"/proc/self/task/{{tids[0]}}/syscall").read_text().split()[0] in ("35", "230")
+while not in_busy_wait():
+    time.sleep(0.01)
+del garbage
+start = time.monotonic()
+junk = [[i] for i in range(100000)]   # allocations: a collection is due
+writer.execute("commit")
+print(time.monotonic() - start)
+blocked.join()
+"""
+
+
+def commit_delay(mode: str) -> float:
+    done = subprocess.run([sys.executable, "-c", STALL, mode], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return float(done.stdout)
+
+
+def test_a_collection_on_the_committing_thread_stalls_it_for_the_busy_timeout():
+    """The hazard is real (so the next test means something)."""
+    assert commit_delay("inline") >= BUSY_TIMEOUT * 0.9
+
+
+def test_collecting_in_a_thread_of_its_own_lets_the_commit_go_on():
+    assert commit_delay("background") < BUSY_TIMEOUT / 2
+
+
+def test_garbage_is_still_collected_in_the_background():
+    script = """
+import gc, threading
+from nepi_prefect.orchestration import server_main
+server_main.collect_in_background()
+freed = threading.Event()
+class Cycle:
+    def __del__(self):
+        print(threading.current_thread().name, gc.isenabled(), flush=True)
+        freed.set()
+garbage = Cycle(); garbage.me = garbage
+del garbage
+while not freed.wait(0.01):
+    junk = [[i] for i in range(1000)]
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.split() == ["nepi-gc", "False"], done.stderr
