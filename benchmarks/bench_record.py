@@ -174,6 +174,12 @@ def bench_many(n: int) -> None:
     if visible is not None:
         print(f"   resource feed complete ({fed} of {4 * n} nepi.resource events) "
               f"{fed_at:6.2f} s after the exit")
+    if fed < 4 * n:   # say why: the server's warnings, and any journal left
+        log = Path(env["PREFECT_HOME"]) / "nepi-server.log"
+        said = [line for line in log.read_text(errors="replace").splitlines()
+                if "WARNING" in line or "ERROR" in line]
+        print("   server warnings:\n     " + "\n     ".join(said[-10:] or ["none"]))
+        print(f"   journals left: {sorted(p.name for p in Path(env['PREFECT_HOME']).glob('nepi-journal/*'))}")
 
 
 def bench_concurrent() -> None:
