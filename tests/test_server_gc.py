@@ -11,6 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from nepi_prefect.orchestration.server_main import due
+
 
 BUSY_TIMEOUT = 8.0
 
@@ -85,3 +87,11 @@ while not freed.wait(0.01):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.split() == ["nepi-gc", "False"], done.stderr
+
+
+def test_full_collections_wait_their_turn():
+    thresholds = (700, 10, 10)
+    assert due((800, 11, 11), thresholds, full_allowed=True) == 2
+    assert due((800, 11, 11), thresholds, full_allowed=False) == 1
+    assert due((800, 3, 11), thresholds, full_allowed=False) == 0
+    assert due((100, 3, 11), thresholds, full_allowed=False) is None

@@ -28,6 +28,11 @@ from prefect.cli import app
 #: seconds between looks at the allocation counts (the collector's own trigger is
 #: every 700 allocations; a look is a few microseconds)
 LOOK_EVERY = 0.05
+#: seconds between full collections at least: one scans the whole heap (180 ms for a
+#: server's 280000 objects here), and the generational thresholds alone would ask
+#: for one every few seconds while a record comes in (CPython's own collector
+#: also puts them off on a large heap)
+FULL_EVERY = 60.0
 
 
 def collect_in_background() -> threading.Thread:
@@ -36,17 +41,30 @@ def collect_in_background() -> threading.Thread:
     gc.disable()
 
     def collector() -> None:
+        last_full = time.monotonic()
         while True:
             time.sleep(LOOK_EVERY)
-            counts = gc.get_count()
-            for generation in (2, 1, 0):   # the oldest generation due, like the collector
-                if thresholds[generation] and counts[generation] > thresholds[generation]:
-                    gc.collect(generation)
-                    break
+            generation = due(gc.get_count(), thresholds,
+                             full_allowed=time.monotonic() - last_full >= FULL_EVERY)
+            if generation is not None:
+                gc.collect(generation)
+                if generation == 2:
+                    last_full = time.monotonic()
 
     thread = threading.Thread(target=collector, name="nepi-gc", daemon=True)
     thread.start()
     return thread
+
+
+def due(counts: tuple[int, int, int], thresholds: tuple[int, ...],
+        full_allowed: bool) -> int | None:
+    """The generation to collect now, the oldest one due, like CPython's collector."""
+    for generation in (2, 1, 0):
+        if generation == 2 and not full_allowed:
+            continue
+        if thresholds[generation] and counts[generation] > thresholds[generation]:
+            return generation
+    return None
 
 
 def main() -> int:
