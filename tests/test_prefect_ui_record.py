@@ -29,7 +29,7 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.flows._common import run_name
 from nepi_prefect.orchestration.recorder import PrefectRecorder
-from tests.fixtures.prefect_api import _prefect_cli, wait_for_record
+from tests.fixtures.prefect_api import prefect_cli, wait_for_record
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.prefect
@@ -96,7 +96,7 @@ def install_automation(prefect_server) -> str:
     """The shipped example automation, installed as its comment says; its id."""
     from prefect.client.orchestration import get_client
 
-    done = subprocess.run([*_prefect_cli(), "automation", "create", "--from-file",
+    done = subprocess.run([*prefect_cli(), "automation", "create", "--from-file",
                            str(AUTOMATIONS)], env=prefect_server.env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
