@@ -17,11 +17,10 @@ from nepi_prefect.orchestration.server_main import due
 BUSY_TIMEOUT = 8.0
 
 STALL = f"""
-import sqlite3, sys, tempfile, threading, time, os
+import gc, linecache, sqlite3, sys, tempfile, threading, time, os, weakref
 from pathlib import Path
 from nepi_prefect.orchestration import server_main
-if sys.argv[1] == "background":
-    server_main.collect_in_background()
+gc.disable()   # until the moment: the garbage stays in the youngest generation
 db = os.path.join(tempfile.mkdtemp(), "db")
 writer = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout={BUSY_TIMEOUT})
 waiter = sqlite3.connect(db, check_same_thread=False, isolation_level=None, timeout={BUSY_TIMEOUT})
@@ -30,6 +29,7 @@ writer.execute("create table t(x)")
 class Cycle: pass
 garbage = Cycle(); garbage.me = garbage
 garbage.cursor = waiter.execute("select 1 union select 2")   # a statement still in use
+freed = weakref.ref(garbage)
 writer.execute("begin immediate"); writer.execute("insert into t values (1)")
 tids = []
 def wait_for_the_lock():
@@ -44,12 +44,30 @@ def in_busy_wait():   # SQLite's busy handler sleeps: (clock_)nanosleep
     return tids and Path(f"/proc/self/task/{{tids[0]}}/syscall").read_text().split()[0] in ("35", "230")
 while not in_busy_wait():
     time.sleep(0.01)
-del garbage
+if sys.argv[1] == "background":
+    collector = server_main.collect_in_background()
+    del garbage
+    junk = [[i] for i in range(100000)]   # allocations: a collection is due
+    def collecting():   # the collector's frame is in gc.collect, the GIL let go
+        frame = sys._current_frames()[collector.ident]
+        return "gc.collect(" in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    seen, deadline = 0, time.monotonic() + 60
+    while seen < 3:   # three looks in a row: it is stuck freeing the cursor
+        seen = seen + 1 if collecting() else 0
+        time.sleep(0.01)
+        if time.monotonic() > deadline:
+            sys.exit("the collector never reached the cursor")
+else:
+    gc.enable()
+    del garbage
 start = time.monotonic()
 junk = [[i] for i in range(100000)]   # allocations: a collection is due
 writer.execute("commit")
-print(time.monotonic() - start)
+delay = time.monotonic() - start
 blocked.join()
+while freed() is not None:   # collected, whichever thread did it
+    junk = [[i] for i in range(1000)]
+print(delay)
 """
 
 
