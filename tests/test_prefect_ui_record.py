@@ -28,8 +28,9 @@ from nepi_prefect.execution.resource import (
     clsinit_copy,
 )
 from nepi_prefect.flows._common import run_name
+from nepi_prefect.orchestration.dbtemplate import prefect_cli
 from nepi_prefect.orchestration.recorder import PrefectRecorder
-from tests.fixtures.prefect_api import prefect_cli, wait_for_record
+from tests.fixtures.prefect_api import wait_for_record
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.prefect

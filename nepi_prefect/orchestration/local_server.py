@@ -125,8 +125,6 @@ def _alive(pid: int) -> bool:
     return SERVICE.encode() in cmdline and status.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-
-
 def healthy(api_url: str, timeout: float = 5.0) -> bool:
     """``/api/health`` answers 200."""
     try:
