@@ -1,0 +1,82 @@
+"""How the local server writes events and log lines to SQLite: no batch lost to a
+duplicate, and statements compiled once.
+
+Prefect 3.8.8's SQLite writers meet the record of a large experiment badly:
+
+- **Loss.** The event writer (``prefect.server.events.storage.database.
+  _write_sqlite_events``) skips events already stored, and when a slice of the
+  batch holds nothing else it still runs its INSERT, with no rows ("NOT NULL
+  constraint failed: events.occurred"). The event persister then retries the whole
+  flush five times and drops it, with every new event queued behind it: a
+  1000-resource run lost 140 of its 4000 ``nepi.resource.*`` events this way.
+  Events do arrive twice: a client posts again what it could not confirm (a
+  process that exits with a post unanswered, a timeout), and Prefect's messaging
+  forgets the ids of all but the last 1000 events it saw. An event twice in one
+  batch fails the same way (UNIQUE).
+- **Cost.** Events and log lines go in as one multi-row INSERT per slice, whose
+  shape depends on its rows, so SQLAlchemy compiles it afresh on the server's event
+  loop, and SQLite looks up each of its thousands of named parameters by name.
+  1000 trivial RMs (8000 events, 40000 related-resource rows, 4000 log lines): the
+  whole record on the server 24–28 s after the process exits with Prefect's
+  writers, 16–18 s with these (benchmarks/bench_record.py).
+
+These write the same rows (Prefect's own ``as_database_row``,
+``as_database_resource_rows`` and ``Log`` model), each event once, with
+``executemany`` statements that SQLAlchemy compiles once and caches.
+:func:`install` puts them in place of Prefect's; ``server_main`` calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import sqlalchemy as sa
+from prefect.server.database import provide_database_interface
+from prefect.server.events.schemas.events import ReceivedEvent
+from prefect.server.events.storage import database as event_storage
+from prefect.server.logs import messaging as log_messaging
+from prefect.server.models import logs as log_models
+from prefect.server.schemas.actions import LogCreate
+from prefect.server.schemas.core import Log
+from sqlalchemy.ext.asyncio import AsyncSession
+
+#: events looked up (``id IN (...)``) and inserted per statement
+SLICE = 500
+
+
+async def write_sqlite_events(session: AsyncSession, events: Sequence[ReceivedEvent]) -> None:
+    """Insert the events not yet stored (each once) and their resources."""
+    db = provide_database_interface()
+    for part in slices(list({event.id: event for event in events}.values()), SLICE):
+        stored = set((await session.scalars(
+            sa.select(db.Event.id).where(db.Event.id.in_([event.id for event in part])))).all())
+        fresh = [event for event in part if event.id not in stored]
+        if not fresh:
+            continue
+        await session.execute(sa.insert(db.Event.__table__),
+                              [event.as_database_row() for event in fresh])
+        await session.execute(sa.insert(db.EventResource.__table__),
+                              [row for event in fresh for row in event.as_database_resource_rows()])
+
+
+async def create_logs(session: AsyncSession, logs: Sequence[LogCreate]) -> None:
+    """Insert log lines and publish them, as Prefect's ``create_logs`` does."""
+    db = provide_database_interface()
+    full_logs = [Log(**log_models._sanitize_log_strings(log).model_dump()) for log in logs]
+    if not full_logs:
+        return
+    await session.execute(sa.insert(db.Log.__table__),
+                          [log.model_dump(exclude={"created", "updated"}) for log in full_logs])
+    await log_messaging.publish_logs(full_logs)
+
+
+def slices(items: list[ReceivedEvent], size: int) -> Iterable[list[ReceivedEvent]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def install() -> None:
+    """Make the server write SQLite events and log lines with these (Prefect's callers
+    look both up by name on each call)."""
+    event_storage._write_sqlite_events = write_sqlite_events
+    log_models.create_logs = create_logs
