@@ -82,6 +82,7 @@ class Delivery:
         self.n_feed = self.acked_feed = 0
         self.closing: dict[str, Any] | None = None
         self._related: list[dict[str, str]] = []
+        self._nepi_related: list[dict[str, str]] = []
         #: (events posted up to it, task run id, state timestamp) of each batch's last event
         self._checkpoints: collections.deque[tuple[int, uuid.UUID, str]] = collections.deque()
         self._posted = self._seen = 0
@@ -183,6 +184,10 @@ class Delivery:
         if self.flow_run_id is None:
             self._open_flow_run()
         self._related = related(self.flow_run_id, self.flow_id, tgt.tags)
+        # nepi's own events relate to the flow run, besides their own (the experiment,
+        # the run, the task run): each related resource is a row the server writes, and
+        # the flow and tag rows would make the resource feed a third dearer to ingest
+        self._nepi_related = related(self.flow_run_id, None, [])
 
     def _open_flow_run(self) -> None:
         tgt = self.target
@@ -266,8 +271,8 @@ class Delivery:
             self._accepted(feed=len(batch), upto=batch[-1][0])
 
     def _post_events(self, events: list[dict[str, Any]]) -> None:
-        # nepi's own events carry related resources of their own (the RM, the run)
-        self.api.post_events([{**event, "related": self._related + event.get("related", [])}
+        self.api.post_events([{**event, "related": self._nepi_related + event["related"]}
+                              if "related" in event else {**event, "related": self._related}
                               for event in events])
 
     def _checkpoint(self, last: dict[str, Any]) -> None:
