@@ -1,5 +1,5 @@
-"""How the local server writes events and log lines to SQLite: no batch lost to a
-duplicate, and statements compiled once.
+"""How the local server writes events, log lines and task-run states to SQLite: no
+batch lost to a duplicate, and statements compiled once.
 
 Prefect 3.8.8's SQLite writers meet the record of a large experiment badly:
 
@@ -9,19 +9,19 @@ Prefect 3.8.8's SQLite writers meet the record of a large experiment badly:
   constraint failed: events.occurred"). The event persister then retries the whole
   flush five times and drops it, with every new event queued behind it: a
   1000-resource run lost 140 of its 4000 ``nepi.resource.*`` events this way.
-  Events do arrive twice: a client posts again what it could not confirm (a
-  process that exits with a post unanswered, a timeout), and Prefect's messaging
-  forgets the ids of all but the last 1000 events it saw. An event twice in one
-  batch fails the same way (UNIQUE).
-- **Cost.** Events and log lines go in as one multi-row INSERT per slice, whose
-  shape depends on its rows, so SQLAlchemy compiles it afresh on the server's event
-  loop, and SQLite looks up each of its thousands of named parameters by name.
+  Events do arrive twice: nepi's delivery posts again what it has no answer for
+  (it ships at least once), and Prefect's messaging forgets the ids of all but the
+  last 1000 events it saw. An event twice in one batch fails the same way (UNIQUE).
+- **Cost.** Events, log lines and the task-run recorder's states go in as one
+  multi-row INSERT per slice, whose shape depends on its rows, so SQLAlchemy
+  compiles it afresh on the server's event loop, and SQLite looks up each of its
+  thousands of named parameters by name.
   1000 trivial RMs (8000 events, 40000 related-resource rows, 4000 log lines): the
   whole record on the server 24–28 s after the process exits with Prefect's
   writers, 16–18 s with these (benchmarks/bench_record.py).
 
 These write the same rows (Prefect's own ``as_database_row``,
-``as_database_resource_rows`` and ``Log`` model), each event once, with
+``as_database_resource_rows``, ``Log`` model and state dumps), each event once, with
 ``executemany`` statements that SQLAlchemy compiles once and caches.
 :func:`install` puts them in place of Prefect's; ``server_main`` calls it.
 """
@@ -37,7 +37,9 @@ from prefect.server.events.storage import database as event_storage
 from prefect.server.logs import messaging as log_messaging
 from prefect.server.models import logs as log_models
 from prefect.server.schemas.actions import LogCreate
-from prefect.server.schemas.core import Log
+from prefect.server.schemas.core import Log, TaskRun
+from prefect.server.services import task_run_recorder
+from prefect.types._datetime import now
 from sqlalchemy.ext.asyncio import AsyncSession
 
 #: events looked up (``id IN (...)``) and inserted per statement
@@ -70,13 +72,28 @@ async def create_logs(session: AsyncSession, logs: Sequence[LogCreate]) -> None:
     await log_messaging.publish_logs(full_logs)
 
 
+async def insert_task_run_states(session: AsyncSession, task_runs: list[TaskRun]) -> None:
+    """Insert the states of a flush of the task-run recorder, each once, as Prefect's
+    ``_insert_task_run_states`` does."""
+    db = provide_database_interface()
+    table = db.TaskRunState.__table__
+    created = now("UTC")
+    rows = [{"created": created, "task_run_id": task_run.id, **task_run.state.model_dump()}
+            for task_run in task_runs]
+    if rows:
+        await session.execute(
+            db.queries.insert(table).on_conflict_do_nothing(index_elements=["id"]),
+            [{key: value for key, value in row.items() if key in table.columns} for row in rows])
+
+
 def slices(items: list[ReceivedEvent], size: int) -> Iterable[list[ReceivedEvent]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
 def install() -> None:
-    """Make the server write SQLite events and log lines with these (Prefect's callers
-    look both up by name on each call)."""
+    """Make the server write SQLite events, log lines and task-run states with these
+    (Prefect's callers look each up by name on each call)."""
     event_storage._write_sqlite_events = write_sqlite_events
     log_models.create_logs = create_logs
+    task_run_recorder._insert_task_run_states = insert_task_run_states
