@@ -186,7 +186,7 @@ class Delivery:
         self._related = related(self.flow_run_id, self.flow_id, tgt.tags)
         # nepi's own events relate to the flow run, besides their own (the experiment,
         # the run, the task run): each related resource is a row the server writes, and
-        # the flow and tag rows would make the resource feed a third dearer to ingest
+        # the flow and tag ones would add three rows to each event's five
         self._nepi_related = related(self.flow_run_id, None, [])
 
     def _open_flow_run(self) -> None:

@@ -17,8 +17,8 @@ Prefect 3.8.8's SQLite writers meet the record of a large experiment badly:
   compiles it afresh on the server's event loop, and SQLite looks up each of its
   thousands of named parameters by name.
   1000 trivial RMs (8000 events, 40000 related-resource rows, 4000 log lines): the
-  whole record on the server 24–28 s after the process exits with Prefect's
-  writers, 16–18 s with these (benchmarks/bench_record.py).
+  whole record on the server 23–26 s after the process exits with Prefect's
+  writers, 15–19 s with these (docs/prefect.md).
 
 These write the same rows (Prefect's own ``as_database_row``,
 ``as_database_resource_rows``, ``Log`` model and state dumps), each event once, with
