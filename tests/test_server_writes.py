@@ -8,7 +8,9 @@ a client that posts again what it could not confirm lost events it never repeate
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -100,3 +102,27 @@ def test_log_lines_are_stored_as_sent(local_home):
             break
     assert [(log["name"], log["level"], log["message"]) for log in logs] == \
         [(s["name"], s["level"], s["message"].replace("\x00", "")) for s in sent]
+
+
+INSTALLED = """
+from prefect.server.models import logs
+from prefect.server.services import task_run_recorder
+from nepi_prefect.orchestration import server_writes
+server_writes.install()
+print(logs.create_logs is server_writes.create_logs,
+      task_run_recorder._insert_task_run_states is server_writes.insert_task_run_states)
+"""
+
+
+def test_only_a_sqlite_server_gets_the_writers_of_logs_and_states(tmp_path):
+    def installed(url: str) -> str:
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path),
+               "PREFECT_API_DATABASE_CONNECTION_URL": url}
+        done = subprocess.run([sys.executable, "-c", INSTALLED], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert installed(f"sqlite+aiosqlite:///{tmp_path}/prefect.db") == "True True"
+    # never tried here (no PostgreSQL): Prefect's own writers stay
+    assert installed("postgresql+asyncpg://nobody@127.0.0.1:1/prefect") == "False False"

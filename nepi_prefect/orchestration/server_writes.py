@@ -39,6 +39,8 @@ from prefect.server.models import logs as log_models
 from prefect.server.schemas.actions import LogCreate
 from prefect.server.schemas.core import Log, TaskRun
 from prefect.server.services import task_run_recorder
+from prefect.server.utilities.database import get_dialect
+from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 from prefect.types._datetime import now
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,8 +94,10 @@ def slices(items: list[ReceivedEvent], size: int) -> Iterable[list[ReceivedEvent
 
 
 def install() -> None:
-    """Make the server write SQLite events, log lines and task-run states with these
-    (Prefect's callers look each up by name on each call)."""
+    """Make a server on SQLite write events, log lines and task-run states with these
+    (Prefect's callers look each up by name on each call). On PostgreSQL only the
+    SQLite event writer is replaced, which that server never calls."""
     event_storage._write_sqlite_events = write_sqlite_events
-    log_models.create_logs = create_logs
-    task_run_recorder._insert_task_run_states = insert_task_run_states
+    if get_dialect(PREFECT_API_DATABASE_CONNECTION_URL.value()).name == "sqlite":
+        log_models.create_logs = create_logs
+        task_run_recorder._insert_task_run_states = insert_task_run_states
