@@ -5,6 +5,7 @@ because pytest only accepts ``pytest_plugins`` in the top-level conftest.
 """
 
 import os
+import shutil
 import signal
 import tempfile
 
@@ -26,6 +27,9 @@ os.environ.setdefault("NEPI_PREFECT_RESULTS", os.path.join(_session_home, "resul
 os.environ.setdefault("NEPI_PREFECT_RECORDER", "none")
 # the per-host notes of each run's processes (resources/linux/lostruns.py): the session's own
 os.environ.setdefault("NEPI_PREFECT_LOST_RUNS", os.path.join(_session_home, "host-runs"))
+# where tests put the homes of the Prefect servers they start (50 MB and more each):
+# removed with the rest when the session passes, kept for a look when it fails
+os.environ["NEPI_PREFECT_TEST_TMP"] = _session_home
 
 pytest_plugins = ["tests.fixtures.sshd", "tests.fixtures.prefect_api", "tests.fixtures.netns",
                   "tests.fixtures.sudo_user"]
@@ -42,3 +46,9 @@ def pytest_collection_modifyitems(config, items):
     if unmarked:
         raise pytest.UsageError("tests using a Prefect API need @pytest.mark.prefect: "
                                 + ", ".join(unmarked))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A session that passed leaves nothing in the temporary directory."""
+    if exitstatus == 0:
+        shutil.rmtree(_session_home, ignore_errors=True)

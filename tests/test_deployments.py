@@ -7,13 +7,12 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.fixtures.prefect_api import free_port, launch_server, stop_server
+from tests.fixtures.prefect_api import free_port, launch_server, server_home, stop_server
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.prefect
 @pytest.fixture
 def scheduling_server():
     """A Prefect server whose scheduler wakes every second."""
-    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-sched-"))
+    home = server_home("nepi-prefect-sched-")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     proc = launch_server(home, port, extra_env={
@@ -134,7 +133,7 @@ def test_readme_recipe_deploys_and_a_process_worker_runs_the_experiment(tmp_path
     lines = _readme_recipe()
     assert lines[0].startswith("prefect server start &")  # the server: this test's own
     assert "cd deployments && prefect deploy --all" in lines
-    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-recipe-"))
+    home = server_home("nepi-prefect-recipe-")
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     server = launch_server(home, port)

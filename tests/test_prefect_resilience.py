@@ -3,7 +3,6 @@ and loses none of it: the journal keeps it until the server has it."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +17,8 @@ from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.orchestration import replay
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
-from tests.fixtures.prefect_api import free_port, launch_server, stop_server, wait_for_record
+from tests.fixtures.prefect_api import (free_port, launch_server, server_home, stop_server,
+                                        wait_for_record)
 
 # real servers and processes on a possibly saturated machine: minutes, not seconds
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("engine_types"),
@@ -55,7 +55,7 @@ def test_unreachable_api_keeps_the_record_in_the_journal(tmp_path):
     assert ec.summary()["state"] == "COMPLETED"        # the experiment itself went well
 
     # The server comes up: a flush (or the next nepi-prefect process) ships the record.
-    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-late-"))
+    home = server_home("nepi-prefect-late-")
     server = launch_server(home, port)
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
@@ -85,7 +85,7 @@ def _wait_tasks(client, flow_run_id, count: int, timeout: float = 120) -> dict:
 
 
 def test_server_killed_and_restarted_mid_run_gets_the_whole_record(tmp_path):
-    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-restart-"))
+    home = server_home("nepi-prefect-restart-")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     server = launch_server(home, port)

@@ -6,21 +6,20 @@ run by task run, is ``tests/test_prefect_resilience.py``.)"""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.faults import common as fault
-from tests.fixtures.prefect_api import free_port, launch_server, stop_server
+from tests.fixtures.prefect_api import free_port, launch_server, server_home, stop_server
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = [pytest.mark.ssh, pytest.mark.prefect, pytest.mark.timeout(1200)]
 
 
 def test_prefect_server_killed_mid_run(sshd, tmp_path, monkeypatch):
-    home = Path(tempfile.mkdtemp(prefix="nepi-prefect-fault-"))
+    home = server_home("nepi-prefect-fault-")
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)
