@@ -117,7 +117,9 @@ def test_stop_rule_replicates_each_point_until_it_holds(prefect_server, tmp_path
     assert main(["plot", "steady", "--x", "ping.packetSize", "--y", "ping.rtt_avg_ms",
                  "--results", str(tmp_path), "--out", str(out)]) == 0
     assert out.read_text().lstrip().startswith(("<?xml", "<svg")) and "ping.packetSize" in out.read_text()
-    never = StopRule(metric="ping.rtt_avg_ms", cv_pct=1e-9, min_runs=2, max_runs=3)
+    # a rule that cannot hold: an interval relative to a mean of zero (no loss on
+    # loopback). A tiny cv_pct on the RTT held when two runs measured the same RTT.
+    never = StopRule(metric="ping.packet_loss_pct", ci_pct=5, min_runs=2, max_runs=3)
     state = sweep_flow(description=desc, grid={"ping.packetSize": [56]}, stop_rule=never,
                        results_dir=str(tmp_path), campaign="never", return_state=True)
     (decision,) = state.result()["decisions"].values()
