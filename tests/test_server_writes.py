@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
 
 from tests.fixtures.prefect_api import nepi_cli
+from tests.helpers import wait_until
 
 
 def an_event(tag: str, n: int) -> dict:
@@ -43,13 +43,13 @@ def stored(api: str, tag: str, by: dict | None = None) -> list[str]:
     return ids
 
 
-def wait_for(api: str, tag: str, count: int, timeout: float = 120.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    ids = stored(api, tag)
-    while len(ids) < count and time.monotonic() < deadline:
-        time.sleep(0.5)
+def wait_for(api: str, tag: str, count: int) -> list[str]:
+    """The stored ids once there are ``count`` of them (at most 120 s)."""
+    def enough() -> list[str]:
         ids = stored(api, tag)
-    return ids
+        return ids if len(ids) >= count else []
+    return wait_until(enough, 120, lambda: f"{count} events {tag}: {len(stored(api, tag))} stored",
+                      interval=0.5)
 
 
 def test_events_posted_again_cost_nothing_flushed_with_them(local_home):

@@ -28,7 +28,7 @@ These write the same rows (Prefect's own ``as_database_row``,
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import sqlalchemy as sa
 from prefect.server.database import provide_database_interface
@@ -42,6 +42,7 @@ from prefect.server.services import task_run_recorder
 from prefect.server.utilities.database import get_dialect
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 from prefect.types._datetime import now
+from prefect.utilities.collections import batched_iterable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 #: events looked up (``id IN (...)``) and inserted per statement
@@ -51,7 +52,7 @@ SLICE = 500
 async def write_sqlite_events(session: AsyncSession, events: Sequence[ReceivedEvent]) -> None:
     """Insert the events not yet stored (each once) and their resources."""
     db = provide_database_interface()
-    for part in slices(list({event.id: event for event in events}.values()), SLICE):
+    for part in batched_iterable({event.id: event for event in events}.values(), SLICE):
         stored = set((await session.scalars(
             sa.select(db.Event.id).where(db.Event.id.in_([event.id for event in part])))).all())
         fresh = [event for event in part if event.id not in stored]
@@ -77,20 +78,17 @@ async def create_logs(session: AsyncSession, logs: Sequence[LogCreate]) -> None:
 async def insert_task_run_states(session: AsyncSession, task_runs: list[TaskRun]) -> None:
     """Insert the states of a flush of the task-run recorder, each once, as Prefect's
     ``_insert_task_run_states`` does."""
+    if not task_runs:
+        return
     db = provide_database_interface()
     table = db.TaskRunState.__table__
+    columns = set(table.columns.keys())
     created = now("UTC")
-    rows = [{"created": created, "task_run_id": task_run.id, **task_run.state.model_dump()}
+    rows = [{"created": created, "task_run_id": task_run.id}
+            | {key: value for key, value in task_run.state.model_dump().items() if key in columns}
             for task_run in task_runs]
-    if rows:
-        await session.execute(
-            db.queries.insert(table).on_conflict_do_nothing(index_elements=["id"]),
-            [{key: value for key, value in row.items() if key in table.columns} for row in rows])
-
-
-def slices(items: list[ReceivedEvent], size: int) -> Iterable[list[ReceivedEvent]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+    await session.execute(db.queries.insert(table).on_conflict_do_nothing(index_elements=["id"]),
+                          rows)
 
 
 def install() -> None:
