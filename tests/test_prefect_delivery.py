@@ -11,12 +11,13 @@ from datetime import datetime
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, LogFilter,
+                                            LogFilterFlowRunId)
 
 from nepi_prefect.execution.recording import RunState
 from nepi_prefect.orchestration import delivery as delivery_module
 from nepi_prefect.orchestration.delivery import BATCH, Delivery, Target
-from nepi_prefect.orchestration.events import Snapshot, TaskRunEvents
+from nepi_prefect.orchestration.events import Snapshot, TaskRunEvents, log_record
 from nepi_prefect.orchestration.journal import Journal
 from tests.helpers import wait_until
 
@@ -119,6 +120,69 @@ def test_a_journal_read_back_does_not_repeat_an_artifact_the_server_has(delivery
     later.connect()
     later.finish()
     assert _artifacts(delivery.flow_run_id) == ["nepi-report-t", "nepi-summary-t"]
+
+
+def _log_lines(delivery: Delivery) -> list[str]:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[delivery.flow_run_id])))
+    return sorted(log.message for log in logs)
+
+
+def _three_log_lines(delivery: Delivery) -> list[str]:
+    """Journal three log lines, two of them alike but for their time; their messages."""
+    at = datetime.now().astimezone()
+    messages = ["started", "started", "tab\tand null\x00"]
+    for n, message in enumerate(messages):
+        delivery.add_log(log_record(None, "nepi.test", 20, message, at.replace(microsecond=n)))
+    return sorted(message.replace("\x00", "") for message in messages)
+
+
+def _read_back(delivery: Delivery) -> Delivery:
+    delivery.journal.release()
+    journal, contents = Journal.adopt(delivery.journal.path)
+    later = Delivery(journal, delivery.target, contents)
+    later.connect()
+    return later
+
+
+def test_logs_whose_answer_was_lost_are_not_posted_again(delivery):
+    expected = _three_log_lines(delivery)
+    # posted, and the writer exited before the answer came: no ack in the journal
+    delivery._posting_logs(delivery.n_logs)
+    delivery.api.post_logs([{**record, "flow_run_id": str(delivery.flow_run_id)}
+                            for _, record in delivery.logs])
+    later = _read_back(delivery)
+    later.ship()
+    assert later.pending == 0
+    assert _log_lines(delivery) == expected
+    later.journal.release()
+
+
+def test_logs_that_never_reached_the_server_are_posted_by_the_next_shipper(delivery):
+    expected = _three_log_lines(delivery)
+    delivery._posting_logs(delivery.n_logs)   # and killed before the request went out
+    later = _read_back(delivery)
+    later.ship()
+    assert _log_lines(delivery) == expected
+    later.journal.release()
+
+
+def test_a_log_post_tried_again_in_the_same_process_shows_each_line_once(delivery, monkeypatch):
+    expected = _three_log_lines(delivery)
+    post = delivery.api.post_logs
+
+    def answer_lost(logs):
+        post(logs)
+        raise httpx.ReadTimeout("the answer was lost")
+
+    monkeypatch.setattr(delivery.api, "post_logs", answer_lost)
+    with pytest.raises(httpx.ReadTimeout):
+        delivery.ship()
+    monkeypatch.setattr(delivery.api, "post_logs", post)
+    delivery.ship()
+    assert delivery.pending == 0
+    assert _log_lines(delivery) == expected
 
 
 def test_a_backlog_no_server_could_take_in_time_does_not_hold_the_exit(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ Plain HTTP rather than Prefect's client: the recorder must not import Prefect
 (seconds on a busy machine) and posts events and logs in batches, which the
 public client has no call for. Endpoints as documented in Prefect 3's REST API:
 ``POST /flows/``, ``/flow_runs/``, ``/flow_runs/{id}/set_state``, ``/task_runs/``,
-``/task_runs/filter``, ``/events``, ``/events/filter``, ``/logs/``, ``/artifacts/``.
+``/task_runs/filter``, ``/events``, ``/events/filter``, ``/logs/``, ``/logs/filter``, ``/artifacts/``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,19 @@ class PrefectAPI:
 
     def post_logs(self, logs: list[dict[str, Any]]) -> None:
         self._post("logs/", logs)
+
+    def logs_between(self, flow_run_id: uuid.UUID, since: str, until: str) -> list[dict[str, Any]]:
+        """The flow run's log lines stamped from ``since`` to ``until`` (ISO times, both
+        included), oldest first."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = self._post("logs/filter", {
+                "logs": {"flow_run_id": {"any_": [str(flow_run_id)]},
+                         "timestamp": {"after_": since, "before_": until}},
+                "sort": "TIMESTAMP_ASC", "offset": len(found), "limit": 200})
+            found += page
+            if len(page) < 200:   # the API rejects a limit above 200
+                return found
 
     def create_artifact(self, artifact: dict[str, Any]) -> None:
         self._post("artifacts/", artifact)

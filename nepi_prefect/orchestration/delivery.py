@@ -80,6 +80,9 @@ class Delivery:
         self.feed: list[tuple[int, dict[str, Any]]] = []
         self.n_events = self.n_logs = self.acked_events = self.acked_logs = 0
         self.n_feed = self.acked_feed = 0
+        #: logs up to this number were posted and may be on the server without an ack
+        #: (an answer lost to a timeout, an exit, a kill): asked about before posting again
+        self.logs_unsure = 0
         self.closing: dict[str, Any] | None = None
         self._related: list[dict[str, str]] = []
         self._nepi_related: list[dict[str, str]] = []
@@ -107,6 +110,7 @@ class Delivery:
             self.flow_id = _uuid(contents.flow.get("flow_id"))
         self.acked_events, self.acked_logs = contents.acked_events, contents.acked_logs
         self.acked_feed = contents.acked_feed
+        self.logs_unsure = contents.posting_logs
         self.events = [item for item in contents.events if item[0] > self.acked_events]
         self.logs = [item for item in contents.logs if item[0] > self.acked_logs]
         self.feed = [item for item in contents.feed if item[0] > self.acked_feed]
@@ -241,10 +245,33 @@ class Delivery:
                 logs = self.logs[:BATCH]
             if not logs:
                 break
+            if logs[0][0] <= self.logs_unsure:   # exactly the batch posted then
+                logs = [item for item in logs if item[0] <= self.logs_unsure]
+                if self._logs_stored([record for _, record in logs]):
+                    self._accepted(logs=len(logs), upto=logs[-1][0])
+                    continue
+            self._posting_logs(logs[-1][0])
             flow_run = str(self.flow_run_id)
             self.api.post_logs([{**record, "flow_run_id": flow_run} for _, record in logs])
             self._accepted(logs=len(logs), upto=logs[-1][0])
         self.ship_feed(stop, wait=False)
+
+    def _posting_logs(self, upto: int) -> None:
+        """Journal that logs up to ``upto`` are about to be posted: a log line has no id
+        the server could deduplicate by, so whoever ships them next asks first."""
+        with self.lock:
+            self.logs_unsure = upto
+            self.journal.write({"k": "posting", "log": upto})
+            self.journal._fh.flush()
+
+    def _logs_stored(self, records: list[dict[str, Any]]) -> bool:
+        """The server has these log lines (a batch is written whole or not at all)."""
+        stamps = [record["timestamp"] for record in records]
+        since, until = min(stamps, key=datetime.fromisoformat), max(stamps, key=datetime.fromisoformat)
+        stored = collections.Counter(
+            _log_key(line) for line in self.api.logs_between(self.flow_run_id, since, until))
+        wanted = collections.Counter(_log_key(record) for record in records)
+        return all(stored[key] >= count for key, count in wanted.items())
 
     def ship_feed(self, stop: threading.Event | None = None, wait: bool = True) -> None:
         """Post the resource feed while the server keeps up with the task runs (at
@@ -458,6 +485,13 @@ def _passing(event: dict[str, Any]) -> bool:
 
 def _task_run_id(event: dict[str, Any]) -> uuid.UUID:
     return uuid.UUID(event["resource"]["prefect.resource.id"].rpartition(".")[2])
+
+
+def _log_key(record: dict[str, Any]) -> tuple:
+    """What identifies a log line, as sent or as the server gives it back (which strips
+    null bytes, and may write the time another way)."""
+    return (datetime.fromisoformat(record["timestamp"]), record["level"], record["name"],
+            record["message"].replace("\x00", ""), record.get("task_run_id"))
 
 
 def _uuid(text: str | None) -> uuid.UUID | None:

@@ -15,6 +15,9 @@ Lines (JSON objects, ``k`` is the kind):
   feed (routine ``nepi.resource.<state>`` events, shipped after the rest), numbered
   ``n`` per kind
 * ``ack``: events, logs and feed events up to these numbers are on the server
+* ``posting``: log records up to this number are being posted; until their ``ack``
+  the server may or may not have them (log lines carry no id the server could
+  deduplicate by, so a shipper asks before posting them again)
 * ``close``: the final state and the summary artifact
 * ``art`` / ``closed``: how many artifacts, and whether the final state, are on the server
 """
@@ -48,6 +51,7 @@ class Contents:
     acked_events: int = 0
     acked_logs: int = 0
     acked_feed: int = 0
+    posting_logs: int = 0       # logs up to this number were posted, perhaps without an answer
     closing: dict[str, Any] | None = None
     artifacts_done: int = 0     # how many of the closing's artifacts the server has
     run_closed: bool = False    # the final state is on the server (the feed may not be)
@@ -159,6 +163,8 @@ def read(path: Path) -> Contents | None:
             contents.acked_events = max(contents.acked_events, record.get("ev", 0))
             contents.acked_logs = max(contents.acked_logs, record.get("log", 0))
             contents.acked_feed = max(contents.acked_feed, record.get("fe", 0))
+        elif kind == "posting":
+            contents.posting_logs = max(contents.posting_logs, record.get("log", 0))
         elif kind == "close":
             contents.closing = record
         elif kind == "closed":
