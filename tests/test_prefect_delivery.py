@@ -86,6 +86,24 @@ def test_closing_ships_everything_whatever_its_age(delivery):
     assert wait_until(lambda: _history(run_id), 60, "the task run on the server") == ["PENDING"]
 
 
+def test_a_state_arriving_after_a_newer_one_does_not_take_its_place(delivery):
+    """The task-run recorder's upsert (nepi's server compiles it once) keeps the
+    newest state as the run's own, and every state in its history."""
+    events, run_id = TaskRunEvents(["nepi-test"]), uuid.uuid4()
+    started = datetime.now()
+    running = events.event(_snap(run_id, RunState.RUNNING, started))
+    completed = events.event(_snap(run_id, RunState.COMPLETED, started, datetime.now()))
+    delivery.add_event(completed)
+    delivery.ship(settle=0)
+    wait_until(lambda: _history(run_id) == ["COMPLETED"], 60, "the completed run on the server")
+    delivery.add_event(running)   # late, and older
+    delivery.ship(settle=0)
+    assert wait_until(lambda: len(_history(run_id)) == 2 and _history(run_id), 60,
+                      "both states in the history") == ["RUNNING", "COMPLETED"]
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(run_id).state.type.value == "COMPLETED"
+
+
 def _artifacts(flow_run_id: uuid.UUID) -> list[str]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(

@@ -108,9 +108,11 @@ INSTALLED = """
 from prefect.server.models import logs
 from prefect.server.services import task_run_recorder
 from nepi_prefect.orchestration import server_writes
+prefects = task_run_recorder._record_bulk_task_run_events
 server_writes.install()
 print(logs.create_logs is server_writes.create_logs,
-      task_run_recorder._insert_task_run_states is server_writes.insert_task_run_states)
+      task_run_recorder._insert_task_run_states is server_writes.insert_task_run_states,
+      task_run_recorder._record_bulk_task_run_events is not prefects)
 """
 
 
@@ -123,6 +125,17 @@ def test_only_a_sqlite_server_gets_the_writers_of_logs_and_states(tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    assert installed(f"sqlite+aiosqlite:///{tmp_path}/prefect.db") == "True True"
+    assert installed(f"sqlite+aiosqlite:///{tmp_path}/prefect.db") == "True True True"
     # never tried here (no PostgreSQL): Prefect's own writers stay
-    assert installed("postgresql+asyncpg://nobody@127.0.0.1:1/prefect") == "False False"
+    assert installed("postgresql+asyncpg://nobody@127.0.0.1:1/prefect") == "False False False"
+
+
+def test_a_task_run_recorder_it_does_not_know_keeps_its_own_upserts(monkeypatch):
+    from prefect.server.services import task_run_recorder
+
+    from nepi_prefect.orchestration import server_writes
+
+    prefects = task_run_recorder._record_bulk_task_run_events
+    monkeypatch.setattr(server_writes, "MULTI_ROW_UPSERT", "a line another Prefect lacks")
+    assert server_writes.record_task_runs_with_a_cached_upsert() is False
+    assert task_run_recorder._record_bulk_task_run_events is prefects

@@ -22,12 +22,17 @@ Prefect 3.8.8's SQLite writers meet the record of a large experiment badly:
 
 These write the same rows (Prefect's own ``as_database_row``,
 ``as_database_resource_rows``, ``Log`` model and state dumps), each event once, with
-``executemany`` statements that SQLAlchemy compiles once and caches.
+``executemany`` statements that SQLAlchemy compiles once and caches; and the
+task-run recorder upserts task runs as it does on PostgreSQL, with one statement
+compiled once (:func:`record_task_runs_with_a_cached_upsert`).
 :func:`install` puts them in place of Prefect's; ``server_main`` calls it.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import textwrap
 from typing import Sequence
 
 import sqlalchemy as sa
@@ -44,6 +49,8 @@ from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 from prefect.types._datetime import now
 from prefect.utilities.collections import batched_iterable
 from sqlalchemy.ext.asyncio import AsyncSession
+
+log = logging.getLogger(__name__)
 
 #: events looked up (``id IN (...)``) and inserted per statement
 SLICE = 500
@@ -91,6 +98,34 @@ async def insert_task_run_states(session: AsyncSession, task_runs: list[TaskRun]
                           rows)
 
 
+#: the choice, in Prefect's task-run recorder, of its per-flush upsert on SQLite
+MULTI_ROW_UPSERT = 'supports_insertmanyvalues = db.dialect.name == "postgresql"'
+
+
+def record_task_runs_with_a_cached_upsert() -> bool:
+    """Make the task-run recorder upsert task runs as it does on PostgreSQL: one
+    statement compiled once, its rows given at execution (SQLAlchemy's
+    "insertmanyvalues"), instead of a multi-row INSERT built and compiled afresh
+    for each flush. The choice is one line of a 250-line function, so this compiles
+    Prefect's own function with that line changed; if the line is not there (another
+    Prefect), Prefect's stays, and this says so. SQLite has had the RETURNING it
+    needs since 3.35."""
+    function = task_run_recorder._record_bulk_task_run_events
+    lines, first = inspect.getsourcelines(function)
+    source = textwrap.dedent("".join(lines))
+    if source.count(MULTI_ROW_UPSERT) != 1:
+        log.warning("the task-run recorder is not the one nepi-prefect knows; "
+                    "its upserts stay as they are")
+        return False
+    source = source.replace(MULTI_ROW_UPSERT, "supports_insertmanyvalues = True")
+    # padded so that a traceback shows the lines of Prefect's file
+    code = compile("\n" * (first - 1) + source, inspect.getsourcefile(function), "exec")
+    defined: dict[str, object] = {}
+    exec(code, vars(task_run_recorder), defined)
+    task_run_recorder._record_bulk_task_run_events = defined[function.__name__]
+    return True
+
+
 def install() -> None:
     """Make a server on SQLite write events, log lines and task-run states with these
     (Prefect's callers look each up by name on each call). On PostgreSQL only the
@@ -99,3 +134,4 @@ def install() -> None:
     if get_dialect(PREFECT_API_DATABASE_CONNECTION_URL.value()).name == "sqlite":
         log_models.create_logs = create_logs
         task_run_recorder._insert_task_run_states = insert_task_run_states
+        record_task_runs_with_a_cached_upsert()
