@@ -1,10 +1,13 @@
 """``prefect`` (the CLI) with Python's cyclic garbage collector off the event loop,
-and nepi's writers of events and log lines (:mod:`.server_writes`).
+nepi's intake of events (:mod:`.server_ingest`) and nepi's writers (:mod:`.server_writes`).
 
 ``python -m nepi_prefect.orchestration.server_main server start ...`` is
-``prefect server start ...`` with two differences. The writers: Prefect's SQLite
-event writer drops whole batches when events arrive twice, and both writers
-compile every statement afresh (see :mod:`.server_writes`). The collector: Prefect's server on SQLite
+``prefect server start ...`` with three differences. The intake: Prefect reads
+its event limits through its settings objects for every resource of every event,
+and each consumer parses each event again (see :mod:`.server_ingest`). The
+writers: Prefect's SQLite event writer drops whole batches when events arrive
+twice, and its writers compile every statement afresh (see :mod:`.server_writes`).
+The collector: Prefect's server on SQLite
 froze for a minute at a time under concurrent runs (a sweep of 40 ping runs
 took 130 s instead of 30 s, and "database is locked" errors followed). The cause:
 a garbage collection on the event-loop thread freed a SQLite cursor whose
@@ -28,7 +31,7 @@ import time
 
 from prefect.cli import app
 
-from nepi_prefect.orchestration import server_writes
+from nepi_prefect.orchestration import server_ingest, server_writes
 
 #: seconds between looks at the allocation counts while collections are due (the
 #: collector's own trigger is every 700 allocations). Looking every 50 ms let the
@@ -82,6 +85,7 @@ def due(counts: tuple[int, int, int], thresholds: tuple[int, ...],
 
 def main() -> int:
     collect_in_background()
+    server_ingest.install()
     server_writes.install()
     sys.argv[0] = "prefect"
     return app()
