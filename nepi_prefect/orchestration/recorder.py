@@ -334,9 +334,12 @@ class _Backlog:
 
 
 def _local_server_starting(pipeline: Pipeline) -> bool:
-    """The record waits for the local server, whose process lives but does not answer yet."""
+    """The record waits for the local server, whose process lives but has not opened
+    the run's flow run yet: it does not answer yet, or has just begun to and is still
+    busy starting (eight first runs at once on a fresh home: two of them gave up
+    within a second of their record going in, and exited 3)."""
     delivery = pipeline.delivery
-    return delivery.api is None and delivery.target.api_url is None and \
+    return delivery.flow_run_id is None and delivery.target.api_url is None and \
         local_server.running() is not None
 
 
