@@ -207,9 +207,11 @@ class PrefectRecorder(Recorder):
         limit = self.timeout
         pipeline.journaled.wait(60)
         backlog = _Backlog(pipeline)
+        waited_for_start = False
         while not pipeline.done.wait(0.05):
             waited = time.monotonic() - started
-            if _local_server_starting(pipeline):
+            if _local_server_starting(pipeline, waited_for_start):
+                waited_for_start = True
                 # A first run on a fresh PREFECT_HOME: the server it started is coming up.
                 # Worth waiting for (once), rather than leaving the record to the background.
                 limit = max(limit, min(waited + self.timeout, SERVER_START_WAIT))
@@ -333,14 +335,16 @@ class _Backlog:
         return rate <= 0 or pending / rate > remaining
 
 
-def _local_server_starting(pipeline: Pipeline) -> bool:
-    """The record waits for the local server, whose process lives but has not opened
-    the run's flow run yet: it does not answer yet, or has just begun to and is still
-    busy starting (eight first runs at once on a fresh home: two of them gave up
-    within a second of their record going in, and exited 3)."""
+def _local_server_starting(pipeline: Pipeline, waited_for_it: bool) -> bool:
+    """The record waits for the local server, whose process lives but does not answer
+    yet; or, when this close found it so (``waited_for_it``), answers but has not
+    opened the run's flow run yet: a server that has just come up is busy starting
+    (eight first runs at once on a fresh home: two of them gave up within a second
+    of their record going in, and exited 3)."""
     delivery = pipeline.delivery
-    return delivery.flow_run_id is None and delivery.target.api_url is None and \
-        local_server.running() is not None
+    if delivery.target.api_url is not None or local_server.running() is None:
+        return False
+    return delivery.api is None or waited_for_it and delivery.flow_run_id is None
 
 
 #: records closed in the background, still going to the server
