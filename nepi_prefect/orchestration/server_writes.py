@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import logging
 import textwrap
+from datetime import datetime, timezone
 from typing import Sequence
 
 import sqlalchemy as sa
@@ -56,6 +57,14 @@ log = logging.getLogger(__name__)
 SLICE = 500
 
 
+def written_now() -> dict[str, datetime]:
+    """The ``created`` and ``updated`` of the rows of one write. Given, they spare
+    SQLAlchemy calling Prefect's column defaults (a pendulum ``now`` each) twice for
+    every row: 30000 calls for 500 events and their resources."""
+    stamp = datetime.now(timezone.utc)
+    return {"created": stamp, "updated": stamp}
+
+
 async def write_sqlite_events(session: AsyncSession, events: Sequence[ReceivedEvent]) -> None:
     """Insert the events not yet stored (each once) and their resources."""
     db = provide_database_interface()
@@ -65,10 +74,12 @@ async def write_sqlite_events(session: AsyncSession, events: Sequence[ReceivedEv
         fresh = [event for event in part if event.id not in stored]
         if not fresh:
             continue
+        stamps = written_now()
         await session.execute(sa.insert(db.Event.__table__),
-                              [event.as_database_row() for event in fresh])
+                              [event.as_database_row() | stamps for event in fresh])
         await session.execute(sa.insert(db.EventResource.__table__),
-                              [row for event in fresh for row in event.as_database_resource_rows()])
+                              [row | stamps for event in fresh
+                               for row in event.as_database_resource_rows()])
 
 
 async def create_logs(session: AsyncSession, logs: Sequence[LogCreate]) -> None:
@@ -77,8 +88,10 @@ async def create_logs(session: AsyncSession, logs: Sequence[LogCreate]) -> None:
     full_logs = [Log(**log_models._sanitize_log_strings(log).model_dump()) for log in logs]
     if not full_logs:
         return
+    stamps = written_now()
     await session.execute(sa.insert(db.Log.__table__),
-                          [log.model_dump(exclude={"created", "updated"}) for log in full_logs])
+                          [log.model_dump(exclude={"created", "updated"}) | stamps
+                           for log in full_logs])
     await log_messaging.publish_logs(full_logs)
 
 
