@@ -27,6 +27,8 @@ os.environ.setdefault("NEPI_PREFECT_RESULTS", os.path.join(_session_home, "resul
 os.environ.setdefault("NEPI_PREFECT_RECORDER", "none")
 # the per-host notes of each run's processes (resources/linux/lostruns.py): the session's own
 os.environ.setdefault("NEPI_PREFECT_LOST_RUNS", os.path.join(_session_home, "host-runs"))
+# the files of the emulated (netns) hosts the tests make: the session's own
+os.environ.setdefault("NEPI_PREFECT_NETNS_HOMES", os.path.join(_session_home, "netns-homes"))
 # where tests put the homes of the Prefect servers they start (50 MB and more each):
 # removed with the rest when the session passes, kept for a look when it fails
 os.environ["NEPI_PREFECT_TEST_TMP"] = _session_home

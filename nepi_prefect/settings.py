@@ -98,6 +98,16 @@ def netns_state_dir() -> str:
     return os.environ.get(NETNS_STATE_ENV, "").strip() or DEFAULT_NETNS_STATE
 
 
+#: where emulated (netns) hosts keep their files (homes, sshd keys and configuration)
+NETNS_HOMES_ENV = "NEPI_PREFECT_NETNS_HOMES"
+DEFAULT_NETNS_HOMES = "/tmp/nepi-prefect-netns"
+
+
+def netns_homes_dir() -> str:
+    """Where netns hosts' files go: ``$NEPI_PREFECT_NETNS_HOMES``, else /tmp/nepi-prefect-netns."""
+    return os.environ.get(NETNS_HOMES_ENV, "").strip() or DEFAULT_NETNS_HOMES
+
+
 #: seconds without a heartbeat after which a campaign point in progress counts as lost
 CAMPAIGN_LEASE_ENV = "NEPI_PREFECT_CAMPAIGN_LEASE"
 DEFAULT_CAMPAIGN_LEASE = 30.0

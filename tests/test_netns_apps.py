@@ -129,4 +129,5 @@ def test_host_with_its_own_sshd_is_reached_over_ssh(ec):
     ec.shutdown()
     assert leftovers(prefix) == []
     assert os.listdir(os.environ["NEPI_PREFECT_NETNS_STATE"]) == []
-    assert not os.path.exists(f"/tmp/nepi-prefect-netns/{prefix}")  # keys and sshd config
+    # keys and sshd config
+    assert not os.path.exists(os.path.join(os.environ["NEPI_PREFECT_NETNS_HOMES"], prefix))

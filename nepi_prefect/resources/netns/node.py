@@ -13,9 +13,11 @@ namespace removes the bridge with every port.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 
+from nepi_prefect import settings
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
 from nepi_prefect.execution.resource import ResourceManager, ResourceState, clsinit_copy
 from nepi_prefect.resources.linux.node import LinuxNode, NodeError
@@ -107,7 +109,8 @@ class NetnsNode(LinuxNode, _NamespaceMixin):
                 with self._life_lock:
                     ns = self._create_namespace("h")
                     if self.get("home") is None:
-                        self._set_value("home", f"/tmp/nepi-prefect-netns/{self.ec.exp_id}/h{self.guid}")
+                        self._set_value("home", os.path.join(settings.netns_homes_dir(),
+                                                             self.ec.exp_id, f"h{self.guid}"))
                     if self.get("sshd"):
                         if self.get("forwarding"):  # SSH, not a netns shell, runs commands
                             sh([*netns_argv(ns), "sh", "-c", _FORWARD], f"making {ns} a router")

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from nepi_prefect import settings
 from nepi_prefect.resources.netns.run import NetnsError, NetnsRun, ip_batch, sh
 
 SSHD = "/usr/sbin/sshd"
@@ -36,7 +37,7 @@ class SshAccess:
 
 
 def _run_dir(run: NetnsRun) -> str:
-    path = f"/tmp/nepi-prefect-netns/{run.prefix}"
+    path = os.path.join(settings.netns_homes_dir(), run.prefix)
     if path not in run.files:
         run.record("files", path)
     os.makedirs(path, exist_ok=True)
