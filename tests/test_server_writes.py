@@ -15,7 +15,9 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
+from prefect.server.services import task_run_recorder
 
+from nepi_prefect.orchestration import server_writes
 from tests.fixtures.prefect_api import nepi_cli
 from tests.helpers import wait_until
 
@@ -131,10 +133,6 @@ def test_only_a_sqlite_server_gets_the_writers_of_logs_and_states(tmp_path):
 
 
 def test_a_task_run_recorder_it_does_not_know_keeps_its_own_upserts(monkeypatch):
-    from prefect.server.services import task_run_recorder
-
-    from nepi_prefect.orchestration import server_writes
-
     prefects = task_run_recorder._record_bulk_task_run_events
     monkeypatch.setattr(server_writes, "MULTI_ROW_UPSERT", "a line another Prefect lacks")
     assert server_writes.record_task_runs_with_a_cached_upsert() is False

@@ -266,11 +266,10 @@ class Delivery:
 
     def _logs_stored(self, records: list[dict[str, Any]]) -> bool:
         """The server has these log lines (a batch is written whole or not at all)."""
-        stamps = [record["timestamp"] for record in records]
-        since, until = min(stamps, key=datetime.fromisoformat), max(stamps, key=datetime.fromisoformat)
-        stored = collections.Counter(
-            _log_key(line) for line in self.api.logs_between(self.flow_run_id, since, until))
         wanted = collections.Counter(_log_key(record) for record in records)
+        stamps = [stamp for stamp, *_ in wanted]
+        stored = collections.Counter(_log_key(line) for line in self.api.logs_between(
+            self.flow_run_id, min(stamps).isoformat(), max(stamps).isoformat()))
         return all(stored[key] >= count for key, count in wanted.items())
 
     def ship_feed(self, stop: threading.Event | None = None, wait: bool = True) -> None:

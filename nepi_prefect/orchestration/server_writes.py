@@ -47,7 +47,6 @@ from prefect.server.schemas.core import Log, TaskRun
 from prefect.server.services import task_run_recorder
 from prefect.server.utilities.database import get_dialect
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
-from prefect.types._datetime import now
 from prefect.utilities.collections import batched_iterable
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -103,8 +102,8 @@ async def insert_task_run_states(session: AsyncSession, task_runs: list[TaskRun]
     db = provide_database_interface()
     table = db.TaskRunState.__table__
     columns = set(table.columns.keys())
-    created = now("UTC")
-    rows = [{"created": created, "task_run_id": task_run.id}
+    stamps = written_now()
+    rows = [stamps | {"task_run_id": task_run.id}
             | {key: value for key, value in task_run.state.model_dump().items() if key in columns}
             for task_run in task_runs]
     await session.execute(db.queries.insert(table).on_conflict_do_nothing(index_elements=["id"]),
