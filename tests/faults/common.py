@@ -40,6 +40,12 @@ def app_on(ec: ExperimentController, node: int, command: str, collect: bool = Tr
     return app
 
 
+def collector_of(ec: ExperimentController, app: int) -> int:
+    """The guid of the Collector ``app_on`` connected to ``app``."""
+    (collector,) = ec.get_resource(app).get_connected("Collector")
+    return collector.guid
+
+
 def node_on(ec: ExperimentController, attrs: dict) -> int:
     node = ec.register_resource("LinuxNode")
     for key, value in attrs.items():
