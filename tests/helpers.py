@@ -4,6 +4,7 @@ experiments built by hand."""
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from typing import Callable, Iterator, TypeVar
 
@@ -33,6 +34,15 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0,
         time.sleep(interval)
 
 
+def until_file_command(path: str | os.PathLike, seconds: float = 120) -> str:
+    """A shell command that runs until ``path`` exists (at most ``seconds``), then
+    ends with status 0: an app that is still running when the test needs it to be,
+    however slow the machine, and ends when the test says so."""
+    polls = int(seconds * 10)
+    return (f"for i in $(seq {polls}); do [ -e {shlex.quote(str(path))} ] && break; "
+            f"sleep 0.1; done")
+
+
 def engine_ec(tmp_path, prefix: str) -> Iterator[ExperimentController]:
     """An engine-only EC (no Prefect record) with results under ``tmp_path``; shut down after."""
     ec = ExperimentController(exp_id=f"{prefix}-{os.urandom(3).hex()}", local_dir=str(tmp_path),
@@ -51,6 +61,13 @@ def add_rm(ec: ExperimentController, rtype: str, node: int | None = None, **attr
     if node is not None:
         ec.register_connection(guid, node)
     return guid
+
+
+def wait_capturing(ec: ExperimentController, dump: int, timeout: float = 60) -> None:
+    """Wait until the LinuxTcpdump ``dump`` captures (it says "listening on"):
+    STARTED only says it was launched; sudo and opening the capture come after."""
+    wait_until(lambda: "listening on" in (ec.trace(dump, "stderr") or ""), timeout=timeout,
+               message=lambda: f"tcpdump capturing; its stderr: {ec.trace(dump, 'stderr')!r}")
 
 
 class RunsRecorder(Recorder):

@@ -78,10 +78,17 @@ def test_sweep_resumes_and_redoes_only_failed(prefect_server, tmp_path):
 
 
 def test_runs_go_in_parallel(prefect_server, tmp_path):
-    """With concurrency 4, the four 2-second experiments overlap: all start before any ends."""
+    """With concurrency 4, the four experiments overlap: all start before any ends.
+    Each app waits (120 s at most) until all four have started, so the overlap does
+    not depend on how fast the runs open: run one at a time, the first would end
+    before the second started."""
     from nepi_prefect.flows.sweep import sweep_flow
 
-    grid = {"app.command": [f"sleep 2; echo {i}" for i in range(4)]}
+    met = tmp_path / "met"
+    met.mkdir()
+    wait_for_all = (f"n=0; while [ $(ls {met} | wc -l) -lt 4 ] && [ $n -lt 1200 ]; "
+                    "do sleep 0.1; n=$((n+1)); done")
+    grid = {"app.command": [f"touch {met}/{i}; {wait_for_all}; echo {i}" for i in range(4)]}
     state = sweep_flow(description=_desc("par"), grid=grid, results_dir=str(tmp_path),
                        campaign="par", max_concurrency=4, return_state=True)
     assert state.is_completed() and state.result()["counts"]["done"] == 4

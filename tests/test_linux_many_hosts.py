@@ -87,8 +87,9 @@ def small_lab():
 
 def test_a_host_killed_mid_run_fails_only_its_own_rms(small_lab, tmp_path):
     hosts = [host.node_attrs(connectTimeout=3.0) for host in small_lab.hosts]
-    # long enough to kill host 0 while its apps run; the others then finish
     ec, nodes, by_host = _experiment(tmp_path, hosts, 5, "sleep 4; echo out-{h}-{i}")
+    for app in by_host[0]:  # still running when host 0 is killed, however slow the start
+        ec.set(app, "command", "sleep 300")
     try:
         ec.deploy()
         every = [a for guids in by_host for a in guids]

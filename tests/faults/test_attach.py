@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
+from pathlib import Path
 
 import pytest
 
 from nepi_prefect.cli import main
+from nepi_prefect.commands import attach as attach_command
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.errors import ExperimentStateError, InvalidInputError
 from nepi_prefect.execution.recording import Recorder
@@ -19,24 +22,33 @@ from nepi_prefect.orchestration import replay
 from tests.fixtures.crashed import kill_controller, pgrep, start_controller, wait_gone
 from tests.faults import common as fault
 from tests.fixtures.sshd import kill_for_good, node_attrs, restart_sshd, start_sshd
-from tests.helpers import wait_until
+from tests.helpers import until_file_command, wait_until
 
 pytestmark = pytest.mark.ssh
 
 
-def crash_commands(marker: str, seconds: float = 4) -> list[str]:
-    """Three apps that print, then run a while under the marker; the last one also
-    leaves a setsid daemon (only a release kills it)."""
-    return [f"echo hello-0; exec -a {marker}-0 sleep {seconds}",
-            f"echo hello-1; echo oops-1 >&2; exec -a {marker}-1 sleep {seconds}",
+def hold(name: str, seconds: float, go: Path | None) -> str:
+    """A command that runs as ``name`` for ``seconds``, or until ``go`` exists."""
+    if go is None:
+        return f"exec -a {name} sleep {seconds}"
+    return f"exec -a {name} bash -c {shlex.quote(until_file_command(go, seconds))}"
+
+
+def crash_commands(marker: str, seconds: float = 4, go: Path | None = None) -> list[str]:
+    """Three apps that print, then run a while under the marker (``seconds``, or until
+    the file ``go`` exists); the last one also leaves a setsid daemon (only a release
+    kills it)."""
+    return [f"echo hello-0; {hold(f'{marker}-0', seconds, go)}",
+            f"echo hello-1; echo oops-1 >&2; {hold(f'{marker}-1', seconds, go)}",
             f"(setsid bash -c 'exec -a {marker}-daemon sleep 300' &); echo hello-2; "
-            f"exec -a {marker}-2 sleep {seconds}"]
+            f"{hold(f'{marker}-2', seconds, go)}"]
 
 
-def crashed_run(sshd, tmp_path, marker: str, seconds: float = 4, env: dict | None = None) -> str:
+def crashed_run(sshd, tmp_path, marker: str, seconds: float = 4, env: dict | None = None,
+                go: Path | None = None) -> str:
     """A run whose controller was SIGKILLed while its 3 apps (and a daemon) run."""
     attrs = node_attrs(sshd, home=str(tmp_path / "home"))
-    proc, run_dir = start_controller(attrs, crash_commands(marker, seconds),
+    proc, run_dir = start_controller(attrs, crash_commands(marker, seconds, go),
                                      str(tmp_path / "results"), env=env)
     wait_until(lambda: len(pgrep(marker)) == 4, timeout=30, message=lambda: str(pgrep(marker)))
     kill_controller(proc)
@@ -64,10 +76,14 @@ def check_attached_run(run_dir: str, marker: str) -> dict:
 def test_attach_follows_a_killed_run_to_its_end(sshd, tmp_path):
     marker = f"nepi-attach-{os.urandom(4).hex()}"
     try:
-        run_dir = crashed_run(sshd, tmp_path, marker)
+        # the apps run until the test has seen them re-attached (120 s at most), however
+        # long the crash and the attach take on a loaded machine
+        go = tmp_path / "go"
+        run_dir = crashed_run(sshd, tmp_path, marker, seconds=120, go=go)
         ec = ExperimentController.attach(run_dir, recorder=Recorder())
         apps = [g for g in ec.resources if ec.get_resource(g).get_rtype() == "LinuxApplication"]
         assert [ec.state(a, hr=True) for a in apps] == ["STARTED"] * 3
+        go.touch()
         started = time.monotonic()
         assert ec.wait_finished(apps, timeout=60)
         waited = time.monotonic() - started
@@ -88,8 +104,17 @@ def test_attach_cli_follows_and_reports(sshd, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NEPI_PREFECT_RECORDER", "none")
     marker = f"nepi-attach-{os.urandom(4).hex()}"
     try:
-        run_dir = crashed_run(sshd, tmp_path, marker)
-        assert main(["attach", run_dir, "--timeout", "60"]) == 0
+        go = tmp_path / "go"
+        run_dir = crashed_run(sshd, tmp_path, marker, seconds=120, go=go)
+
+        def print_then_go(*args, **kwargs):
+            """The apps end once the CLI has said how many it re-attached."""
+            print(*args, **kwargs)
+            if any("re-attached" in str(a) for a in args):
+                go.touch()
+
+        monkeypatch.setattr(attach_command, "print", print_then_go, raising=False)
+        assert main(["attach", run_dir, "--timeout", "100"]) == 0
         out = capsys.readouterr().out
         assert "re-attached 3 application(s) still running" in out, out
         assert "experiment COMPLETED" in out, out

@@ -18,7 +18,7 @@ from nepi_prefect.execution.resource import ResourceState as S
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from tests.faults.common import bounded, no_process_left, prefect_final, summary_on_disk
 from tests.fixtures.sshd import kill_for_good, node_attrs, restart_sshd, start_sshd
-from tests.helpers import wait_until
+from tests.helpers import until_file_command, wait_until
 
 pytestmark = pytest.mark.ssh
 LOST_AFTER = 3.0  # NEPI_PREFECT_NODE_LOST_AFTER for the test: reconnects stop after this
@@ -94,7 +94,8 @@ def test_sshd_back_within_the_grace_is_survived(tmp_path, monkeypatch):
     ec = ExperimentController(exp_id="node-back", local_dir=str(tmp_path / "results"),
                               recorder=Recorder())
     try:
-        node, apps = _node_with_apps(ec, server, ["sleep 6"] * 3)
+        go = tmp_path / "go"  # the apps run until the host is back
+        node, apps = _node_with_apps(ec, server, [until_file_command(go)] * 3)
         ec.deploy()
         assert ec.wait_started(apps, timeout=60)
         kill_for_good(server)
@@ -103,6 +104,7 @@ def test_sshd_back_within_the_grace_is_survived(tmp_path, monkeypatch):
             assert [ec.state(a) for a in apps] == [S.STARTED] * 3
             time.sleep(0.1)
         restart_sshd(server)
+        go.touch()
         assert ec.wait_finished(apps, timeout=90)
         assert [ec.state(a) for a in apps] == [S.FINISHED] * 3, \
             [ec.get_resource(a).failure for a in apps]
@@ -126,7 +128,8 @@ def test_a_lost_node_that_is_not_critical_fails_alone(tmp_path, monkeypatch):
         a, a_apps = _node_with_apps(ec, lost, [f"exec -a {marker}-{i} sleep 300" for i in range(2)])
         for guid in [a] + a_apps:
             ec.set(guid, "critical", False)
-        _, b_apps = _node_with_apps(ec, kept, ["sleep 8"])
+        go = tmp_path / "go"  # B's app runs until A is declared lost
+        _, b_apps = _node_with_apps(ec, kept, [until_file_command(go)])
         ec.deploy()
         assert ec.wait_started(a_apps + b_apps, timeout=60)
         kill_for_good(lost)
@@ -135,6 +138,7 @@ def test_a_lost_node_that_is_not_critical_fails_alone(tmp_path, monkeypatch):
         assert wait_until(lambda: all(ec.get_resource(g).failed_time for g in [a] + a_apps),
                           timeout=30)
         assert ec.state(b_apps[0]) == S.STARTED  # the rest goes on
+        go.touch()
         assert ec.wait_finished(b_apps, timeout=60)
         assert ec.state(b_apps[0]) == S.FINISHED
     finally:
