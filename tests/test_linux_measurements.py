@@ -11,7 +11,7 @@ from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
-from tests.helpers import add_rm, engine_ec, wait_until
+from tests.helpers import add_rm, engine_ec, wait_capturing, wait_until
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
@@ -98,11 +98,12 @@ def test_tcpdump_captures_ping_and_collector_fetches_pcap(ec, sshd):
     node = _node(ec, node_attrs(sshd))
     dump = add_rm(ec, "LinuxTcpdump", node, interface="lo",
                filter="icmp and src host 127.0.0.1 and dst host 127.0.0.1")
-    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
     col = add_rm(ec, "Collector", traceName="pcap")
     ec.register_connection(col, dump)
-    ec.register_condition(ping, ResourceAction.START, dump, S.STARTED, "1s")  # START after the capture is up
     ec.deploy()
+    wait_capturing(ec, dump)  # the ping starts once the capture is up
+    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
+    ec.deploy([ping])
     _finished(ec, [ping])
     rm = ec.get_resource(dump)
     path = ec.trace(dump, "pcap", TraceAttr.PATH)

@@ -11,7 +11,7 @@ from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
 from tests.fixtures.netns_runs import ec, leftovers, netns_state, prefix_of  # noqa: F401
-from tests.helpers import add_rm
+from tests.helpers import add_rm, wait_capturing
 
 S = ResourceState
 
@@ -92,17 +92,18 @@ def test_udptest_iperf3_between_hosts(ec):
     ec.deploy()
     _finished(ec, [server, client])
     m = ec.get_resource(client).get_metrics()
-    assert 1.5 <= m["throughput_mbps"] <= 2.5, m
+    assert 1.0 <= m["throughput_mbps"] <= 3.0, m  # 2 Mbit/s asked, over 1 s
 
 
 def test_tcpdump_captures_in_the_namespace_and_collector_fetches_pcap(ec):
     a, b = _net(ec)
     dump = add_rm(ec, "LinuxTcpdump", b, interface="eth0", filter="icmp")
-    ping = add_rm(ec, "LinuxPing", a, target="10.0.0.2", count=3, interval=0.2)
     col = add_rm(ec, "Collector", traceName="pcap")
     ec.register_connection(col, dump)
-    ec.register_condition(ping, ResourceAction.START, dump, S.STARTED, "1s")
     ec.deploy()
+    wait_capturing(ec, dump)  # the ping starts once the capture is up
+    ping = add_rm(ec, "LinuxPing", a, target="10.0.0.2", count=3, interval=0.2)
+    ec.deploy([ping])
     _finished(ec, [ping])
     ec.stop(dump)
     rm = ec.get_resource(dump)
