@@ -9,7 +9,7 @@ from pathlib import Path
 from nepi_prefect.execution.resource import ResourceState as S
 from nepi_prefect.resources.linux.facts import BackgroundFacts
 from nepi_prefect.transport.local import LocalTransport
-from tests.helpers import add_rm, engine_ec
+from tests.helpers import add_rm, engine_ec, wait_until
 
 
 def test_deferred_facts_start_when_asked_and_not_after_giving_up():
@@ -30,7 +30,9 @@ def test_a_node_gathers_its_facts_after_its_launches(tmp_path):
         assert ec.wait_finished(apps, timeout=60)
         assert all(ec.state(a) == S.FINISHED for a in apps)
         rm = ec.get_resource(node)
-        assert rm._facts.started  # the launches drained: gathering began
+        # the launches drained: gathering begins (the drain's callback can come just
+        # after the monitor saw the apps end)
+        wait_until(lambda: rm._facts.started, timeout=30, message="fact gathering started")
         assert rm.facts()["kernel"]
         ec.shutdown()
         manifest = json.loads((Path(ec.run_dir) / "manifest.json").read_text())

@@ -20,6 +20,7 @@ from nepi_prefect.execution.resource import (
 )
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from tests.fixtures.prefect_api import wait_for_record
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.prefect
 
@@ -268,7 +269,9 @@ def test_ec_inside_a_user_flow_is_a_subflow(client, tmp_path):
     assert child.parent_task_run_id is not None
     parent_task = client.read_task_run(child.parent_task_run_id)
     assert parent_task.flow_run_id == state.state_details.flow_run_id
-    assert len(task_runs(client, child.id)) >= 4
+    # the server writes task runs after it accepted them: read until they are in
+    wait_until(lambda: len(task_runs(client, child.id)) >= 4, timeout=120,
+               message=lambda: str(sorted(task_runs(client, child.id))))
 
 
 def test_attach_current_records_into_the_users_flow(client, tmp_path):
@@ -288,6 +291,9 @@ def test_attach_current_records_into_the_users_flow(client, tmp_path):
 
     state = user_flow(return_state=True)
     guid = state.result()
-    runs = task_runs(client, state.state_details.flow_run_id)
-    assert runs[f"start-PrefectTestSimple-{guid}"].state.is_completed()
+    name = f"start-PrefectTestSimple-{guid}"
+    # the server writes task runs after it accepted them: read until it is in, final
+    wait_until(lambda: (run := task_runs(client, state.state_details.flow_run_id).get(name))
+               and run.state.is_completed(), timeout=120,
+               message=lambda: str(task_runs(client, state.state_details.flow_run_id).get(name)))
     assert client.read_flow_run(state.state_details.flow_run_id).state.is_completed()

@@ -14,6 +14,7 @@ from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.orchestration.recorder import PrefectRecorder
 from tests.engine_rms import engine_types  # noqa: F401  (a fixture: the test RM types)
+from tests.fixtures.prefect_api import wait_for_record
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("engine_types")]
 
@@ -25,6 +26,15 @@ CHROMIUM_FLAGS = [
     # a window: the logs tab renders only the rows it has room for (none without one)
     "--window-size=1400,1000",
 ]
+
+
+def recorded(recorder: PrefectRecorder) -> None:
+    """Until the server has written the run's task runs: it writes them after it
+    accepted them, and a page read before would show fewer."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        wait_for_record(client, recorder)
 
 
 def render(url: str, profile: str) -> str:
@@ -51,6 +61,7 @@ def test_flow_run_page_shows_the_experiment(prefect_server, tmp_path):
     finally:
         ec.shutdown()
     flow_run_id = recorder.flow_run_id
+    recorded(recorder)
     page = render(f"http://127.0.0.1:{prefect_server.port}/runs/flow-run/{flow_run_id}",
                   str(tmp_path / "chromium"))
     assert f"{ec.exp_id}-{ec.run_id}" in page      # the UI reached the API and found the run
@@ -86,6 +97,7 @@ def test_failed_experiment_page_names_the_failed_resource(prefect_server, tmp_pa
         ec.wait([server, client], timeout=60)
     finally:
         ec.shutdown()
+    recorded(recorder)
     url = f"http://127.0.0.1:{prefect_server.port}/runs/flow-run/{recorder.flow_run_id}"
     page = render(url, str(tmp_path / "chromium"))
     assert f"{ec.exp_id}-{ec.run_id}" in page      # the UI reached the API and found the run

@@ -13,6 +13,7 @@ from nepi_prefect.orchestration import replay
 from tests.faults import common as fault
 from tests.fixtures.crashed import kill_controller, pgrep, start_controller
 from tests.fixtures.sshd import node_attrs
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.ssh, pytest.mark.prefect, pytest.mark.timeout(900)]
 
@@ -33,7 +34,8 @@ def test_sigint_releases_everything_and_the_run_ends_cancelled(sshd, tmp_path, p
                                      _commands(marker), str(tmp_path / "results"), exp_id=exp_id,
                                      env=_recording(prefect_server))
     try:
-        assert len(pgrep(marker)) == 3
+        # STARTED (the controller's "started") can come before each app's exec
+        wait_until(lambda: len(pgrep(marker)) == 3, timeout=30, message=lambda: str(pgrep(marker)))
         proc.send_signal(signal.SIGINT)
         with fault.bounded(150, "the interrupted controller's exit"):
             proc.wait(150)
@@ -63,9 +65,15 @@ def test_the_next_run_kills_what_a_sigkilled_controller_left(sshd, tmp_path, pre
                                  exp_id=f"fault-killed-{marker[-8:]}", env=env)
     alive, _ = start_controller(attrs, _commands(marker, "b"), str(tmp_path / "results"),
                                 exp_id=f"fault-alive-{marker[-8:]}", env=env)
+    def of(run: str) -> list[str]:
+        return [p for p in pgrep(marker) if f"{marker}{run}-" in p]
+
     try:
+        # STARTED can come before each app's exec (and A's daemon)
+        wait_until(lambda: len(of("a")) == 5 and len(of("b")) == 3, timeout=30,
+                   message=lambda: str(pgrep(marker)))
         kill_controller(killed)
-        assert len([p for p in pgrep(marker) if f"{marker}a-" in p]) == 5
+        assert len(of("a")) == 5
         replay.flush()  # the killed controller's record: shipped, Crashed
         assert fault.prefect_final(f"fault-killed-{marker[-8:]}")[0] == "CRASHED"
 
@@ -79,7 +87,7 @@ def test_the_next_run_kills_what_a_sigkilled_controller_left(sshd, tmp_path, pre
         finally:
             ec.shutdown()
         fault.no_process_left(f"{marker}a-")
-        assert len([p for p in pgrep(marker) if f"{marker}b-" in p]) == 3  # B's run lives on
+        assert len(of("b")) == 3  # B's run lives on
         summary = fault.summary_on_disk(ec.run_dir)
         assert summary["state"] == "COMPLETED"
         assert open(summary["resources"][1]["traces"]["stdout"]).read() == "next\n"
