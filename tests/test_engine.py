@@ -438,7 +438,7 @@ def test_release_order_and_dependents(ec):
     # releasing one job does not wait for the watcher nobody releases
     started = time.monotonic()
     ec.release([jobs[0]])
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30  # waiting for the watcher would not end at all
     assert ec.state(jobs[0]) == S.RELEASED and ec.state(watcher) == S.STARTED
     # releasing the host takes the jobs along, and the host goes last
     ec.release([host])

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+from nepi_prefect.resources.linux import hostops
 from nepi_prefect.resources.linux.hostops import HostBatcher, Step, StepGroup
 from nepi_prefect.transport.local import LocalTransport
 
@@ -47,10 +48,14 @@ class _Counting(LocalTransport):
         return super().run(command, timeout)
 
 
-def test_a_burst_that_trickles_in_goes_out_in_few_batches(tmp_path):
+def test_a_burst_that_trickles_in_goes_out_in_few_batches(tmp_path, monkeypatch):
     """Apps start a fraction of a ms apart (the dispatcher starts one at a time): the
     batch waits while steps keep coming, and one worker gathers at a time, so a
-    trickle of 20 steps does not become a batch (a watcher on the host) per 3 ms."""
+    trickle of 20 steps does not become a batch (a watcher on the host) per 3 ms.
+    The gather window is widened here (3 ms to 0.5 s) so that one thread switch on a
+    loaded machine does not close it: the rule is tested, not the machine's pace."""
+    monkeypatch.setattr(hostops, "GATHER", 0.5)
+    monkeypatch.setattr(hostops, "GATHER_MAX", 10.0)
     transport = _Counting()
     batcher = HostBatcher(transport, "t", window=64, workers=3)
     outs, done = [], threading.Event()

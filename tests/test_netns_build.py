@@ -114,7 +114,7 @@ def test_delay_gives_round_trip_time_or_a_clear_no_netem_error(ec):
     assert ec.wait_finished([ping], timeout=60)
     if netem_available():
         rtt = ec.get_resource(ping).get_metrics()["rtt_avg_ms"]
-        assert 38 <= rtt <= 46, rtt
+        assert 38 <= rtt <= 60, rtt  # 2 × 20 ms, plus what a loaded machine adds
     else:
         lk = ec.get_resource(link)
         assert lk.failed_time is not None

@@ -100,7 +100,8 @@ def test_server_killed_and_restarted_mid_run_gets_the_whole_record(tmp_path):
             assert ec.wait_started(guids, timeout=30)
             stop_server(server, kill=True)             # the API dies mid-experiment
             assert ec.wait_finished(guids, timeout=30)
-            assert time.monotonic() - started < 20       # 4 s of apps, not held up by it
+            assert time.monotonic() - started < 60       # 4 s of apps, not held up by it
+                                                         # (its record timeout is 120 s)
             server = launch_server(home, port)          # ... and comes back on its database
             ec.shutdown()
             with get_client(sync_client=True) as client:

@@ -46,7 +46,9 @@ def test_many_commands_share_few_channels(ssh):
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         outs = list(pool.map(lambda i: ssh.run(f"echo {i}").stdout, range(300)))
     assert outs == [f"{i}\n" for i in range(300)]
-    assert time.monotonic() - start < 10
+    # about 1 s here (benchmarks/ has the figures); the bound only says nothing stalled
+    # (a command waiting for a shell that never frees), generously for a loaded machine
+    assert time.monotonic() - start < 60
     assert ssh._pool.count <= ssh.config.max_channels
 
 
@@ -89,7 +91,7 @@ def test_silent_listener_fails_within_connect_timeout():
     try:
         with pytest.raises(TransportError, match=rf":{port}"):
             t.connect()
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 8  # 1 s asked; the default would take 10
     finally:
         srv.close()
 
