@@ -63,13 +63,6 @@ def add_rm(ec: ExperimentController, rtype: str, node: int | None = None, **attr
     return guid
 
 
-def wait_capturing(ec: ExperimentController, dump: int, timeout: float = 60) -> None:
-    """Wait until the LinuxTcpdump ``dump`` captures (it says "listening on"):
-    STARTED only says it was launched; sudo and opening the capture come after."""
-    wait_until(lambda: "listening on" in (ec.trace(dump, "stderr") or ""), timeout=timeout,
-               message=lambda: f"tcpdump capturing; its stderr: {ec.trace(dump, 'stderr')!r}")
-
-
 class RunsRecorder(Recorder):
     """Keeps the action runs the engine reports, by id; ``named(name)`` finds them."""
 

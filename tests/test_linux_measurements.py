@@ -4,14 +4,16 @@ two hosts made of network namespaces (each with its own sshd)."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
+from nepi_prefect.resources.linux import tcpdump as tcpdump_module
 from nepi_prefect.resources.linux.parsers import pcap_info
-from tests.helpers import add_rm, engine_ec, wait_capturing, wait_until
+from tests.helpers import add_rm, engine_ec, wait_until
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
@@ -98,12 +100,12 @@ def test_tcpdump_captures_ping_and_collector_fetches_pcap(ec, sshd):
     node = _node(ec, node_attrs(sshd))
     dump = add_rm(ec, "LinuxTcpdump", node, interface="lo",
                filter="icmp and src host 127.0.0.1 and dst host 127.0.0.1")
+    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
     col = add_rm(ec, "Collector", traceName="pcap")
     ec.register_connection(col, dump)
+    # no delay: tcpdump is STARTED once it captures, so the ping's first packet is seen
+    ec.register_condition(ping, ResourceAction.START, dump, S.STARTED)
     ec.deploy()
-    wait_capturing(ec, dump)  # the ping starts once the capture is up
-    ping = add_rm(ec, "LinuxPing", node, target="127.0.0.1", count=3, interval=0.2)
-    ec.deploy([ping])
     _finished(ec, [ping])
     rm = ec.get_resource(dump)
     path = ec.trace(dump, "pcap", TraceAttr.PATH)
@@ -117,6 +119,20 @@ def test_tcpdump_captures_ping_and_collector_fetches_pcap(ec, sshd):
     assert local == os.path.join(ec.run_dir, f"LinuxTcpdump-{dump}", "pcap")
     info = pcap_info(open(local, "rb").read())
     assert info.packets >= 6 and not info.truncated and info.linktype in (1, 113, 276)
+
+
+def test_tcpdump_that_cannot_capture_fails_at_once_with_its_reason(ec, sshd, monkeypatch):
+    """A start waits for tcpdump to capture, but not for one that exited: no such
+    interface fails it (its stderr says why), long before the capture wait ends."""
+    monkeypatch.setattr(tcpdump_module, "CAPTURE_WAIT", 120.0)
+    node = _node(ec, node_attrs(sshd))
+    dump = add_rm(ec, "LinuxTcpdump", node, interface="nepi-no-such0")
+    started = time.monotonic()
+    ec.deploy()
+    assert ec.wait(dump, (S.FAILED,), timeout=60), ec.state(dump, hr=True)
+    assert time.monotonic() - started < 60  # it did not wait the 120 s for a capture
+    assert "exited with code 1" in ec.get_resource(dump).failure
+    assert "nepi-no-such0" in ec.trace(dump, "stderr")  # tcpdump's own words, kept
 
 
 def test_traceroute_loopback(ec, sshd):

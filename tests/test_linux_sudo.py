@@ -16,10 +16,10 @@ import pytest
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.recording import Recorder
-from nepi_prefect.execution.resource import ResourceState
+from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
-from tests.helpers import add_rm, engine_ec, wait_capturing, wait_until
+from tests.helpers import add_rm, engine_ec, wait_until
 from tests.fixtures.sshd import node_attrs
 
 pytestmark = pytest.mark.ssh
@@ -133,10 +133,10 @@ def _capture(ec, sudo_user):
     other = f"127.{b[0]}.{b[1]}.{max(b[2], 2)}"  # in the command line, so pgrep finds this one
     flt = f"icmp and host 127.0.0.1 and not host {other}"
     dump = add_rm(ec, "LinuxTcpdump", n, interface="lo", filter=flt)
-    ec.deploy()
-    wait_capturing(ec, dump)  # the ping starts once the capture is up
     ping = add_rm(ec, "LinuxPing", n, target="127.0.0.1", count=3, interval=0.2)
-    ec.deploy([ping])
+    # no delay: tcpdump is STARTED once it captures (sudo and opening it come first)
+    ec.register_condition(ping, ResourceAction.START, dump, S.STARTED)
+    ec.deploy()
     assert ec.wait_finished([ping], timeout=60)
     assert ec.state(ping) == S.FINISHED, ec.get_resource(ping).failure
     assert ec.state(dump) == S.STARTED, ec.get_resource(dump).failure

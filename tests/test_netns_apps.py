@@ -11,7 +11,7 @@ from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
 from nepi_prefect.resources.linux.parsers import pcap_info
 from tests.fixtures.netns_runs import ec, leftovers, netns_state, prefix_of  # noqa: F401
-from tests.helpers import add_rm, wait_capturing
+from tests.helpers import add_rm
 
 S = ResourceState
 
@@ -98,12 +98,12 @@ def test_udptest_iperf3_between_hosts(ec):
 def test_tcpdump_captures_in_the_namespace_and_collector_fetches_pcap(ec):
     a, b = _net(ec)
     dump = add_rm(ec, "LinuxTcpdump", b, interface="eth0", filter="icmp")
+    ping = add_rm(ec, "LinuxPing", a, target="10.0.0.2", count=3, interval=0.2)
     col = add_rm(ec, "Collector", traceName="pcap")
     ec.register_connection(col, dump)
+    # no delay: tcpdump is STARTED once it captures
+    ec.register_condition(ping, ResourceAction.START, dump, S.STARTED)
     ec.deploy()
-    wait_capturing(ec, dump)  # the ping starts once the capture is up
-    ping = add_rm(ec, "LinuxPing", a, target="10.0.0.2", count=3, interval=0.2)
-    ec.deploy([ping])
     _finished(ec, [ping])
     ec.stop(dump)
     rm = ec.get_resource(dump)
