@@ -210,9 +210,14 @@ class LinuxApplication(ResourceManager):
         self._launch_done.set()
         self._schedule(self._launched, rc, out)
 
-    def _launched(self, rc: int | None, out: str) -> None:
+    @staticmethod
+    def _launched_pid(rc: int | None, out: str) -> int | None:
+        """The pid a launch step printed last, or None if the launch failed."""
         lines = out.split() if rc == 0 else []
-        pid = int(lines[-1]) if lines and lines[-1].isdigit() else None
+        return int(lines[-1]) if lines and lines[-1].isdigit() else None
+
+    def _launched(self, rc: int | None, out: str) -> None:
+        pid = self._launched_pid(rc, out)
         if pid is None:
             raise ApplicationError(f"{self._rtype} {self.guid}: launching failed: "
                                    f"{out.strip()[-500:]}")

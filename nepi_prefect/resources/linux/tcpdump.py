@@ -36,11 +36,11 @@ class LinuxTcpdump(LinuxMeasurement):
         """STARTED once tcpdump captures (it says "listening on"), not once launched:
         sudo and opening the capture take a while, and what starts on this STARTED (a
         condition) must not send packets before the capture sees them."""
-        lines = out.split() if rc == 0 else []
-        if not (lines and lines[-1].isdigit()):
+        pid = self._launched_pid(rc, out)
+        if pid is None:
             super()._launched(rc, out)  # launching failed: it says why
             return
-        self._await_capture(rc, out, int(lines[-1]), time.monotonic() + CAPTURE_WAIT)
+        self._await_capture(rc, out, pid, time.monotonic() + CAPTURE_WAIT)
 
     def _await_capture(self, rc: int, out: str, pid: int, deadline: float) -> None:
         if self.state not in (ResourceState.READY, ResourceState.STOPPED):
