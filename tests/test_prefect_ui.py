@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
@@ -31,8 +32,6 @@ CHROMIUM_FLAGS = [
 def recorded(recorder: PrefectRecorder) -> None:
     """Until the server has written the run's task runs: it writes them after it
     accepted them, and a page read before would show fewer."""
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         wait_for_record(client, recorder)
 
