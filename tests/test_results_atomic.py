@@ -19,6 +19,7 @@ from nepi_prefect.cli import main
 from nepi_prefect.execution import report
 from nepi_prefect.execution.ec import ExperimentController
 from nepi_prefect.execution.recording import Recorder
+from tests.faults import common as fault
 from tests.helpers import wait_until
 
 BIG = 200_000  # bytes of output: more than the 64 KiB tmpfs holds
@@ -66,29 +67,18 @@ def test_summary_write_is_atomic_and_a_failure_is_reported(tmpfs):
     assert (run_dir / "summary.json").read_text() == before
 
 
-def _app(ec: ExperimentController, node: int, command: str) -> tuple[int, int]:
-    """An app on ``node`` and the collector of its stdout: (app, collector)."""
-    app = ec.register_resource("LinuxApplication")
-    ec.set(app, "command", command)
-    ec.register_connection(app, node)
-    collector = ec.register_resource("Collector")
-    ec.set(collector, "traceName", "stdout")
-    ec.register_connection(collector, app)
-    return app, collector
-
-
 def test_a_full_results_dir_makes_the_run_incomplete(tmpfs, tmp_path):
     ec = ExperimentController(exp_id="full", local_dir=str(tmpfs), recorder=Recorder())
     node = ec.register_resource("LinuxNode")
     ec.set(node, "hostname", "localhost")
     ec.set(node, "home", str(tmp_path / "home"))
-    small, small_collector = _app(ec, node, f"echo {SMALL_TEXT}")
-    big, _ = _app(ec, node, f"head -c {BIG} /dev/zero | tr '\\0' x")
+    small = fault.app_on(ec, node, f"echo {SMALL_TEXT}")
+    big = fault.app_on(ec, node, f"head -c {BIG} /dev/zero | tr '\\0' x")
     ec.deploy()
     assert ec.wait_finished([small, big], timeout=120)
     # The small trace is collected first: collected at the same moment as the big one,
     # it would find the tmpfs filled by the big one's temporary file and be lost too.
-    ec.release([small_collector])
+    ec.release([fault.collector_of(ec, small)])
     ec.shutdown()
     summary = ec.summary()
     assert summary["state"] == "INCOMPLETE", summary
