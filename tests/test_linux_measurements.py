@@ -11,7 +11,7 @@ import pytest
 from nepi_prefect.execution.errors import AttributeValueError
 from nepi_prefect.execution.resource import ResourceAction, ResourceState
 from nepi_prefect.execution.trace import TraceAttr
-from nepi_prefect.resources.linux import tcpdump as tcpdump_module
+from nepi_prefect.resources.linux import application as application_module
 from nepi_prefect.resources.linux.parsers import pcap_info
 from tests.helpers import add_rm, engine_ec, wait_until
 from tests.fixtures.sshd import node_attrs
@@ -124,7 +124,7 @@ def test_tcpdump_captures_ping_and_collector_fetches_pcap(ec, sshd):
 def test_tcpdump_that_cannot_capture_fails_at_once_with_its_reason(ec, sshd, monkeypatch):
     """A start waits for tcpdump to capture, but not for one that exited: no such
     interface fails it (its stderr says why), long before the capture wait ends."""
-    monkeypatch.setattr(tcpdump_module, "CAPTURE_WAIT", 120.0)
+    monkeypatch.setattr(application_module, "READY_WAIT", 120.0)
     node = _node(ec, node_attrs(sshd))
     dump = add_rm(ec, "LinuxTcpdump", node, interface="nepi-no-such0")
     started = time.monotonic()

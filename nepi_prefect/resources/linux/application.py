@@ -20,6 +20,7 @@ import functools
 import re
 import shlex
 import threading
+import time
 from typing import Any
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
@@ -40,9 +41,14 @@ from nepi_prefect.resources.linux.apphome import (
 from nepi_prefect.resources.linux.hostops import KILL_GRACE, Step
 from nepi_prefect.resources.linux.node import LinuxNode
 from nepi_prefect.resources.linux.shellsafe import check_packages, substitute_paths
+from nepi_prefect.transport.base import TransportError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DEPLOY_TRACES = ("deploy_stdout", "deploy_stderr", "deploy_exitcode")
+#: how long a start waits for an app's ``_ready_when`` text before it counts as STARTED anyway
+READY_WAIT = 10.0
+#: how often it looks (one short command on the node's open shell)
+READY_POLL = "50ms"
 
 
 @clsinit_copy
@@ -58,6 +64,10 @@ class LinuxApplication(ResourceManager):
     _run_state_fields = ("run_home", "pid")  # the run-state file records where the app ran
     #: whether on_finished needs the whole stdout: else a big one is not read at the end
     _parses_stdout = False
+    #: (trace, text): STARTED once the running command wrote ``text`` to ``trace`` (a
+    #: capture that captures), not at its launch: what starts on its STARTED then finds
+    #: it ready. None: STARTED when launched.
+    _ready_when: tuple[str, str] | None = None
 
     @classmethod
     def _register_attributes(cls) -> None:
@@ -221,10 +231,45 @@ class LinuxApplication(ResourceManager):
         if pid is None:
             raise ApplicationError(f"{self._rtype} {self.guid}: launching failed: "
                                    f"{out.strip()[-500:]}")
+        if self._ready_when is None:
+            self._running(pid)
+        else:
+            self._await_ready(pid, time.monotonic() + READY_WAIT)
+
+    def _running(self, pid: int) -> None:
+        """STARTED, and watched by the node's monitor until it ends."""
         self._pid = pid
         self.debug(f"started, pid {self._pid}")
         super().do_start()
         self.node.monitor.watch(self)
+
+    def _await_ready(self, pid: int, deadline: float) -> None:
+        """STARTED once ``_ready_when`` holds, after ``deadline`` anyway, or at once if the
+        process ended (the monitor then sees it exited and fails it with its stderr)."""
+        if self.state not in (ResourceState.READY, ResourceState.STOPPED):
+            return  # released (killed) while it was getting ready
+        try:
+            status = self._ready_status(pid)
+        except TransportError as exc:  # the host is going: its monitor will say so
+            self.debug(f"could not see whether it is ready: {exc}")
+            status = "ended"
+        if status == "waiting" and time.monotonic() < deadline:
+            self.ec.schedule(READY_POLL, functools.partial(self._await_ready, pid, deadline))
+            return
+        if status == "waiting":
+            trace, text = self._ready_when
+            self.warning(f"its {trace} did not say {text!r} within {READY_WAIT:g} s; "
+                         f"counted as STARTED anyway")
+        self._running(pid)
+
+    def _ready_status(self, pid: int) -> str:
+        """ready, waiting (still running, not ready yet) or ended."""
+        trace, text = self._ready_when
+        path = shlex.quote(self.trace_path(trace))
+        result = self.node.transport.run(
+            f"grep -qsF {shlex.quote(text)} {path} && echo ready || "
+            f"{{ [ -d /proc/{pid} ] && echo waiting || echo ended; }}", timeout=30)
+        return result.stdout.strip() or "ended"
 
     def _env_pairs(self) -> list[tuple[str, str]]:
         node = self.node

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import shlex
-import time
 from typing import Any
 
 from nepi_prefect.execution.attribute import Attribute, Flags, Types
-from nepi_prefect.execution.resource import ResourceState, clsinit_copy
+from nepi_prefect.execution.resource import clsinit_copy
 from nepi_prefect.execution.trace import Trace, TraceAttr
 from nepi_prefect.resources.linux.measurement import LinuxMeasurement, opt
 from nepi_prefect.resources.linux.parsers import parse_tcpdump_stats
-from nepi_prefect.transport.base import TransportError
-
-#: how long a start waits for tcpdump to say it captures before it counts as STARTED anyway
-CAPTURE_WAIT = 10.0
-#: how often it looks (one short command on the node's open shell)
-CAPTURE_POLL = "50ms"
 
 
 @clsinit_copy
@@ -27,46 +19,12 @@ class LinuxTcpdump(LinuxMeasurement):
 
     _rtype = "LinuxTcpdump"
     _finishes_by_itself = False  # a capture runs until it is stopped
+    # STARTED once it captures, not once launched: sudo and opening the capture take a
+    # while, and what starts on this STARTED must not send packets before it sees them
+    _ready_when = ("stderr", "listening on")
     _help = ("Captures packets with tcpdump (under sudo unless root) into the 'pcap' trace; "
              "STARTED once it captures; stopping it flushes the file; metrics: packets_captured, "
              "packets_received_by_filter, packets_dropped_by_kernel")
-
-    # -- start: STARTED once capturing ---------------------------------------------------
-    def _launched(self, rc: int | None, out: str) -> None:
-        """STARTED once tcpdump captures (it says "listening on"), not once launched:
-        sudo and opening the capture take a while, and what starts on this STARTED (a
-        condition) must not send packets before the capture sees them."""
-        pid = self._launched_pid(rc, out)
-        if pid is None:
-            super()._launched(rc, out)  # launching failed: it says why
-            return
-        self._await_capture(rc, out, pid, time.monotonic() + CAPTURE_WAIT)
-
-    def _await_capture(self, rc: int, out: str, pid: int, deadline: float) -> None:
-        if self.state not in (ResourceState.READY, ResourceState.STOPPED):
-            return  # released (killed) while it was opening the capture
-        try:
-            status = self._capture_status(pid)
-        except TransportError as exc:  # the host is going: its monitor will say so
-            self.debug(f"could not see whether tcpdump captures: {exc}")
-            status = "ended"
-        if status == "opening" and time.monotonic() < deadline:
-            self.ec.schedule(CAPTURE_POLL, functools.partial(
-                self._await_capture, rc, out, pid, deadline))
-            return
-        if status == "opening":
-            self.warning(f"tcpdump did not say it captures within {CAPTURE_WAIT:g} s; "
-                         f"counted as STARTED anyway")
-        # "ended" too: STARTED, then the monitor sees it exited and fails it with its stderr
-        super()._launched(rc, out)
-
-    def _capture_status(self, pid: int) -> str:
-        """capturing, opening (still running, not yet capturing) or ended."""
-        stderr = shlex.quote(self.trace_path("stderr"))
-        result = self.node.transport.run(
-            f"grep -qs 'listening on' {stderr} && echo capturing || "
-            f"{{ [ -d /proc/{pid} ] && echo opening || echo ended; }}", timeout=30)
-        return result.stdout.strip() or "ended"
 
     @classmethod
     def _register_attributes(cls) -> None:
